@@ -1,0 +1,76 @@
+"""Packaged defaults (arihpc/arihpc.yaml) and campaign config files, read through dask.config."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Iterator
+
+import dask.config
+import yaml
+
+from arihpc.errors import ConfigError
+
+DEFAULTS_FILE = Path(__file__).with_name("arihpc.yaml")
+
+with open(DEFAULTS_FILE, encoding="utf-8") as _f:
+    DEFAULTS: dict = yaml.safe_load(_f)
+# Registering defaults at import is how dask-jobqueue does it: user files and dask.config.set win.
+dask.config.update_defaults(DEFAULTS)
+
+
+def get(key: str) -> Any:
+    """The value of ``arihpc.<key>`` (dashes and underscores are interchangeable)."""
+    return dask.config.get(f"arihpc.{key}")
+
+
+# Settings whose value is a table given whole: a config file replaces it rather than merging.
+TABLES = {"arihpc.cycles", "arihpc.selection.qa2-tiers"}
+
+
+def _flatten(given: dict, known: dict, prefix: str, unknown: list[str]) -> dict[str, Any]:
+    """Dotted setting paths -> values; paths arihpc does not know go to ``unknown``."""
+    known_norm = {str(k).replace("_", "-"): v for k, v in known.items()}
+    flat: dict[str, Any] = {}
+    for key, value in given.items():
+        name = str(key).replace("_", "-")
+        path = f"{prefix}.{name}" if prefix else name
+        if name not in known_norm:
+            unknown.append(path)
+        elif isinstance(known_norm[name], dict) and path not in TABLES:
+            if not isinstance(value, dict):
+                unknown.append(f"{path} (expected a mapping)")
+            else:
+                flat.update(_flatten(value, known_norm[name], path, unknown))
+        else:
+            flat[path] = value
+    return flat
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read and check a campaign config file; returns dotted settings for ``dask.config.set``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict) or set(data) != {"arihpc"}:
+        raise ConfigError(f"{path}: a campaign config file holds one top-level key, 'arihpc'")
+    unknown: list[str] = []
+    flat = _flatten(data, DEFAULTS, "", unknown)
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting(s): {', '.join(unknown)} "
+                          f"(the settings and their defaults are in {DEFAULTS_FILE})")
+    return flat
+
+
+@contextlib.contextmanager
+def campaign_config(path: str | Path | None) -> Iterator[None]:
+    """Apply a campaign config file on top of the defaults for the duration of the block."""
+    if path is None:
+        yield
+        return
+    with dask.config.set(read_config_file(path)):
+        yield

@@ -1,0 +1,1 @@
+"""arihpc.jobs: see ../shared/ARCHITECTURE.md (layer list)."""

@@ -1,0 +1,1 @@
+"""arihpc.monitor: see ../shared/ARCHITECTURE.md (layer list)."""

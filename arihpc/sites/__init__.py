@@ -1,0 +1,1 @@
+"""arihpc.sites: see ../shared/ARCHITECTURE.md (layer list)."""

@@ -1,0 +1,26 @@
+"""Small helpers shared by the tests (not fixtures)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from click.testing import CliRunner, Result
+
+from arihpc.cli import main
+from arihpc.store import metadata
+
+
+def run(store_url: str, *args: str) -> Result:
+    """Run the arihpc CLI in-process against a store; stdout and stderr kept apart."""
+    return CliRunner().invoke(main, ["--store", store_url, *map(str, args)],
+                              catch_exceptions=False)
+
+
+def snapshot(store_url: str) -> dict[str, list[tuple]]:
+    """Every row of every table, sorted: equal snapshots mean an unchanged store."""
+    engine = sa.create_engine(store_url)
+    try:
+        with engine.connect() as conn:
+            return {name: sorted(map(tuple, conn.execute(sa.select(table))), key=repr)
+                    for name, table in metadata.tables.items()}
+    finally:
+        engine.dispose()

@@ -1,0 +1,138 @@
+"""The campaign store on SQLite and on PostgreSQL (every test here runs on both)."""
+
+import sqlalchemy as sa
+import pytest
+
+from arihpc.catalog import CatalogRead
+from arihpc.errors import StoreError
+from arihpc.mous import MousRecord
+from arihpc.selection import Verdict
+from arihpc.store import SCHEMA_VERSION, Store, attempts, meta, mous, stages, store_url
+
+UID = "uid://A001/X87a/X706"
+
+
+def read(*records, path="x.tsv"):
+    return CatalogRead(path, "aq-tsv", {r.uid: r for r in records}, [])
+
+
+@pytest.fixture
+def store(store_url):
+    s = Store.open(store_url)
+    yield s
+    s.close()
+
+
+def test_schema_is_created_with_its_version(store):
+    with store.engine.connect() as conn:
+        version = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version"))
+        assert int(version.scalar()) == SCHEMA_VERSION
+    assert set(sa.inspect(store.engine).get_table_names()) >= {
+        "mous", "attempts", "stages", "events", "arihpc_meta"}
+
+
+def test_a_newer_schema_is_refused(store_url):
+    Store.open(store_url).close()
+    engine = sa.create_engine(store_url)
+    with engine.begin() as conn:
+        conn.execute(meta.update().values(value=str(SCHEMA_VERSION + 1)))
+    engine.dispose()
+    with pytest.raises(StoreError, match="newer than this arihpc"):
+        Store.open(store_url)
+
+
+def test_import_inserts_updates_and_counts(store):
+    first = store.import_catalogs([read(MousRecord(UID, project="2016.1.00650.S", qa2="PASS"))])
+    assert (first.inserted, first.updated, first.unchanged) == (1, 0, 0)
+    again = store.import_catalogs([read(MousRecord(UID, project="2016.1.00650.S", qa2="PASS"))])
+    assert (again.inserted, again.updated, again.unchanged) == (0, 0, 1)
+    more = store.import_catalogs([read(MousRecord(UID, size_bytes=5, size_source="datalink"))])
+    assert (more.inserted, more.updated) == (0, 1)
+    assert store.record(UID) == MousRecord(UID, project="2016.1.00650.S", qa2="PASS",
+                                           size_bytes=5, size_source="datalink")
+
+
+def test_reimport_never_blanks_known_values(store):
+    store.import_catalogs([read(MousRecord(UID, qa2="SEMIPASS", antennas=40,
+                                           targets=frozenset({"NGC3504"})))])
+    store.import_catalogs([read(MousRecord(UID, qa2=None, antennas=None))])
+    record = store.record(UID)
+    assert (record.qa2, record.antennas, record.targets) == ("SEMIPASS", 40,
+                                                              frozenset({"NGC3504"}))
+    store.import_catalogs([read(MousRecord(UID, qa2="PASS"))])      # a known value updates
+    assert store.record(UID).qa2 == "PASS"
+
+
+def test_reimport_never_touches_campaign_state(store):
+    store.import_catalogs([read(MousRecord(UID, project="2016.1.00650.S", qa2="PASS"))])
+    verdict = Verdict(UID, True, 1, (), ("antennas-unknown",), ())
+    store.save_decisions([verdict], {UID: 1})
+    with store.engine.begin() as conn:
+        conn.execute(mous.update().values(state="running"))
+        attempt = conn.execute(attempts.insert().values(
+            uid=UID, site="mup", batch_job="123", started_at=1.0)).inserted_primary_key[0]
+        conn.execute(stages.insert().values(attempt_id=attempt, uid=UID, stage="fetch",
+                                            started_at=1.0, ended_at=2.0, status="done"))
+    store.import_catalogs([read(MousRecord(UID, qa2="SEMIPASS", antennas=12))])
+    with store.engine.connect() as conn:
+        row = conn.execute(sa.select(mous)).one()
+        assert (row.state, row.selected, row.tier, row.priority, row.flags) == (
+            "running", True, 1, 1, "antennas-unknown")
+        assert conn.execute(sa.select(sa.func.count()).select_from(attempts)).scalar() == 1
+        assert conn.execute(sa.select(stages.c.status)).scalar() == "done"
+    assert store.record(UID).qa2 == "SEMIPASS"                     # metadata did update
+    assert store.undecided() == 1                                  # and the decision is stale
+
+
+def test_decisions_come_back_in_priority_order(store):
+    uids = [f"uid://A001/X1/X{i}" for i in range(1, 5)]
+    store.import_catalogs([read(*[MousRecord(u) for u in uids])])
+    verdicts = [Verdict(u, u != uids[3], 1, () if u != uids[3] else ("cycle",), (), ())
+                for u in uids]
+    store.save_decisions(verdicts, {uids[2]: 1, uids[0]: 2, uids[1]: 3})
+    assert [d.uid for d in store.decisions(selected_only=True)] == [uids[2], uids[0], uids[1]]
+    excluded = [d for d in store.decisions() if not d.selected]
+    assert excluded[0].reasons == ("cycle",) and excluded[0].priority is None
+    assert store.undecided() == 0
+
+
+def test_events_are_appended(store):
+    store.import_catalogs([read(MousRecord(UID), path="a.tsv")])
+    store.import_catalogs([read(MousRecord(UID), path="b.tsv")])
+    store.log_event("note", UID, text="hello")
+    log = store.events()
+    assert [e["kind"] for e in log] == ["import", "import", "note"]
+    assert [e["data"].get("file") for e in log[:2]] == ["a.tsv", "b.tsv"]
+    assert log[0]["id"] < log[1]["id"] < log[2]["id"]
+
+
+def test_sqlite_store_uses_wal(sqlite_url):
+    store = Store.open(sqlite_url)
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    store.close()
+
+
+def test_store_url_resolution(monkeypatch, tmp_path):
+    monkeypatch.delenv("ARIHPC_STORE", raising=False)
+    assert store_url() == "sqlite:///arihpc.db"
+    assert store_url(str(tmp_path / "c.db")) == f"sqlite:///{tmp_path}/c.db"
+    assert store_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
+    monkeypatch.setenv("ARIHPC_STORE", "sqlite:///env.db")
+    assert store_url() == "sqlite:///env.db"
+    assert store_url("sqlite:///given.db") == "sqlite:///given.db"
+
+
+def test_missing_store_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(StoreError, match="does not exist"):
+        Store.open(str(tmp_path / "nowhere" / "c.db"))
+
+
+def test_large_import_in_one_transaction(store):
+    records = [MousRecord(f"uid://A001/X2/X{i:x}", qa2="PASS", size_bytes=i) for i in range(1200)]
+    assert store.import_catalogs([read(*records)]).inserted == 1200
+    changed = [MousRecord(r.uid, antennas=40) for r in records[:700]]
+    summary = store.import_catalogs([read(*changed)])
+    assert (summary.updated, summary.inserted) == (700, 0)
+    assert store.count() == 1200
+    assert store.record("uid://A001/X2/X3").antennas == 40
