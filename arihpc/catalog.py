@@ -12,175 +12,51 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Union
+from typing import Callable, Iterable, Iterator
 
-from arihpc import config
-from arihpc.catalog_readers import (RowOrError, header_of, read_delimited, read_head,
-                                    read_key_values, read_votable)
-from arihpc.errors import CatalogError, InvalidUid
-from arihpc.mous import (FIELDS, QA2_STATES, SIZE_RANK, MousRecord, check_project, cycle_of,
-                         find_project, find_uid, parse_uid, to_columns, from_columns)
+from arihpc import catalog_fields as cells
+from arihpc.catalog_fields import AQ_COLUMNS, LEGACY_COLUMNS, OBSCORE_COLUMNS, Column, RecordOrError
+from arihpc.catalog_readers import (
+    header_of,
+    read_delimited,
+    read_head,
+    read_key_values,
+    read_votable,
+)
+from arihpc.errors import CatalogError
+from arihpc.mous import (
+    FIELDS,
+    QA2_STATES,
+    SIZE_RANK,
+    MousRecord,
+    check_project,
+    cycle_of,
+    find_project,
+    find_uid,
+    from_columns,
+    to_columns,
+)
 
 log = logging.getLogger(__name__)
-
-RecordOrError = Union[MousRecord, CatalogError]
-
-
-# --- value converters: text of one cell -> record fields (ValueError says what is wrong) ---
-
-def _uid(text: str) -> dict:
-    try:
-        return {"uid": parse_uid(text)}
-    except InvalidUid as e:
-        raise ValueError(str(e)) from None
-
-
-def _project(text: str) -> dict:
-    return {"project": check_project(text)}
-
-
-def _qa2(table: dict[str, str | None]) -> Callable[[str], dict]:
-    def convert(text: str) -> dict:
-        key = text.upper()
-        if key not in table:
-            raise ValueError(f"unknown QA2 status {text!r} (expected one of "
-                             f"{', '.join(k for k in table if k)})")
-        return {"qa2": table[key]}
-    return convert
-
-
-def _arrays(text: str) -> dict:
-    found = frozenset(re.findall(r"12m|7m|TP", text))
-    if not found:
-        raise ValueError(f"{text!r} names no ALMA array (12m, 7m, TP)")
-    return {"arrays": found, "total_power": "TP" in found}
-
-
-def _bands(text: str) -> dict:
-    bands = set()
-    for token in re.split(r"[\s,;]+", text):
-        if not token.isdigit() or not 1 <= int(token) <= 10:
-            raise ValueError(f"{token!r} is not an ALMA band (1-10)")
-        bands.add(int(token))
-    return {"bands": frozenset(bands)}
-
-
-def _pol(text: str) -> dict:
-    products = set(re.findall(r"[XYRL]{2}", text.upper()))
-    if not products:
-        raise ValueError(f"{text!r} lists no polarisation products")
-    return {"full_pol": set(config.get("catalog.full-pol-products")) <= products}
-
-
-def _target(text: str) -> dict:
-    return {"targets": frozenset([text])}
-
-
-def _antenna_names(text: str) -> dict:
-    # ObsCore lists pad:antenna tokens; an antenna moved between pads appears twice.
-    names = frozenset(token.rsplit(":", 1)[-1] for token in text.split())
-    return {"antenna_names": names, "antennas": len(names)}
-
-
-def _number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a number") from None
-    if not value >= 0 or value == float("inf"):
-        raise ValueError(f"{text!r} is not a size (must be >= 0)")
-    return value
-
-
-def _estsize_kb(text: str) -> dict:
-    return {"size_bytes": int(_number(text) * 1000), "size_source": "obscore"}
-
-
-# --- tabular formats: which column feeds which converter ---
-
-@dataclass(frozen=True)
-class Column:
-    name: str
-    convert: Callable[[str], dict]
-    required: bool = False      # the header must have it
-
-
-AQ_QA2 = {"PASS": "PASS", "SEMIPASS": "SEMIPASS", "FAIL": "FAIL"}
-# qa2_passed is a flag: passed is PASS; not passed cannot tell SEMIPASS from FAIL, so unknown.
-FLAG_QA2 = {"T": "PASS", "TRUE": "PASS", "Y": "PASS", "F": None, "FALSE": None, "N": None}
-
-AQ_COLUMNS = (
-    Column("Member ous id", _uid, True), Column("Project code", _project, True),
-    Column("QA2 Status", _qa2(AQ_QA2), True), Column("Array", _arrays), Column("Band", _bands),
-    Column("Pol products", _pol), Column("ALMA source name", _target),
-)
-LEGACY_COLUMNS = tuple(Column("Source name", _target) if c.name == "ALMA source name" else
-                       Column(c.name, _qa2({**AQ_QA2, **FLAG_QA2}), True)
-                       if c.name == "QA2 Status" else c for c in AQ_COLUMNS)
-OBSCORE_COLUMNS = (
-    Column("member_ous_uid", _uid, True), Column("proposal_id", _project, True),
-    Column("qa2_passed", _qa2(FLAG_QA2)), Column("antenna_arrays", _antenna_names),
-    Column("band_list", _bands), Column("pol_states", _pol), Column("target_name", _target),
-    Column("access_estsize", _estsize_kb),
-)
-
-
-def _check_header(path: Path, names: Iterable[str], required: Iterable[str]) -> None:
-    present = set(names)
-    for name in required:
-        if name not in present:
-            raise CatalogError(path, "required column is missing", line=1, field=name)
-
-
-def _required(columns: tuple[Column, ...]) -> list[str]:
-    return [c.name for c in columns if c.required]
-
-
-def _records(path: Path, rows: Iterable[RowOrError],
-             columns: tuple[Column, ...]) -> Iterator[RecordOrError]:
-    uid_column = columns[0].name
-    for item in rows:
-        if isinstance(item, CatalogError):
-            yield item
-            continue
-        line, row = item
-        try:
-            yield _record(row, columns, uid_column)
-        except CatalogError as e:
-            yield CatalogError(path, e.message, line=line, field=e.field)
-
-
-def _record(row: dict[str, str], columns: tuple[Column, ...], uid_column: str) -> MousRecord:
-    fields: dict = {}
-    for column in columns:
-        text = row.get(column.name, "").strip()
-        if text:
-            try:
-                fields.update(column.convert(text))
-            except ValueError as e:
-                raise CatalogError("", str(e), field=column.name) from None
-    if "uid" not in fields:
-        raise CatalogError("", "no MOUS uid in this row", field=uid_column)
-    return MousRecord(**fields)
 
 
 def _delimited(columns: tuple[Column, ...], delimiter: str):
     def parse(path: Path) -> Iterator[RecordOrError]:
-        _check_header(path, header_of(path, delimiter), _required(columns))
-        return _records(path, read_delimited(path, delimiter), columns)
+        cells.check_header(path, header_of(path, delimiter), cells.required(columns))
+        return cells.records(path, read_delimited(path, delimiter), columns)
     return parse
 
 
 def _votable(columns: tuple[Column, ...]):
     def parse(path: Path) -> Iterator[RecordOrError]:
         names, rows = read_votable(path)
-        _check_header(path, names, _required(columns))
-        return _records(path, rows, columns)
+        cells.check_header(path, names, cells.required(columns))
+        return cells.records(path, rows, columns)
     return parse
 
 
 def _obscore_kv(path: Path) -> Iterator[RecordOrError]:
-    return _records(path, read_key_values(path, "obs_publisher_did"), OBSCORE_COLUMNS)
+    return cells.records(path, read_key_values(path, "obs_publisher_did"), OBSCORE_COLUMNS)
 
 
 # --- DataLink: rows are files of a MOUS; raw size = the #progenitor (ASDM) tars ---
@@ -200,7 +76,7 @@ class _MousLinks:
 
 def _datalink(path: Path) -> Iterator[RecordOrError]:
     names, rows = read_votable(path)
-    _check_header(path, names, DATALINK_COLUMNS)
+    cells.check_header(path, names, DATALINK_COLUMNS)
     links: dict[str, _MousLinks] = {}
     for item in rows:
         if isinstance(item, CatalogError):
@@ -282,16 +158,16 @@ def _choice(choices: Iterable) -> Callable[[str], str]:
 
 
 _CSV_CONVERTERS: dict[str, Callable[[str], object]] = {
-    "uid": lambda t: _uid(t)["uid"], "project": check_project, "qa2": _choice(QA2_STATES),
+    "uid": lambda t: cells.uid(t)["uid"], "project": check_project, "qa2": _choice(QA2_STATES),
     "antennas": _count, "size_bytes": _count, "size_source": _choice(SIZE_RANK),
     "full_pol": _bool, "total_power": _bool, "pipeline_imaged": _bool,
-    "bands": lambda t: _validated(_bands, t), "arrays": lambda t: _validated(_arrays, t),
+    "bands": lambda t: _validated(cells.bands, t), "arrays": lambda t: _validated(cells.arrays, t),
 }
 
 
 def _arihpc_csv(path: Path) -> Iterator[RecordOrError]:
     header = header_of(path, ",")
-    _check_header(path, header, ["uid"])
+    cells.check_header(path, header, ["uid"])
     for item in read_delimited(path, ","):
         if isinstance(item, CatalogError):
             yield item

@@ -209,9 +209,8 @@ def select_command(ctx: click.Context, explain_uid: str | None, output: str) -> 
         record = store.record(uid)
         if record is None:
             raise click.ClickException(f"{uid} is not in the store (arihpc catalog import ...)")
-        verdict = selection.decide(record, rules)
         click.echo(f"{uid}  project {record.project or 'unknown'}")
-        for line in selection.explain(verdict):
+        for line in selection.explain(record, rules):
             click.echo(line)
         return
     records = {r.uid: r for r in store.records()}

@@ -110,17 +110,19 @@ class MousRecord:
         return is_vlbi(self.project)
 
     def merge(self, newer: "MousRecord") -> "MousRecord":
-        """Combine with a later report on the same MOUS: fill unknowns, never blank a known value."""
+        """Combine with a later report on this MOUS: fill unknowns, never blank a known value."""
         if newer.uid != self.uid:
             raise ValueError(f"cannot merge {newer.uid} into {self.uid}")
-        merged = {f.name: _merge_field(f.name, getattr(self, f.name), getattr(newer, f.name))
-                  for f in dataclasses.fields(self)}
+        merged = {name: _merge_field(name, getattr(self, name), getattr(newer, name))
+                  for name in FIELDS}
         if SIZE_RANK.get(newer.size_source, 0) < SIZE_RANK.get(self.size_source, 0):
             merged["size_bytes"], merged["size_source"] = self.size_bytes, self.size_source
         if merged["antenna_names"] is not None:
             merged["antennas"] = len(merged["antenna_names"])
         return MousRecord(**merged)
 
+
+FIELDS = tuple(f.name for f in dataclasses.fields(MousRecord))
 
 # An exact DataLink sum is never replaced by an ObsCore estimate.
 SIZE_RANK = {None: 0, "obscore": 1, "datalink": 2}
@@ -142,7 +144,6 @@ def _merge_field(name: str, old, new):
 
 # Flat text form of a record: the store's columns and arihpc's CSV share it.
 _SEPARATORS = {"antenna_names": " ", "arrays": " ", "bands": " ", "targets": ";"}
-FIELDS = tuple(f.name for f in dataclasses.fields(MousRecord))
 
 
 def to_columns(record: MousRecord) -> dict:
@@ -155,12 +156,16 @@ def to_columns(record: MousRecord) -> dict:
     return out
 
 
+def _split(text: str, sep: str) -> list[str]:
+    return [p for p in (x.strip() for x in text.split(sep)) if p] if sep != " " else text.split()
+
+
 def from_columns(row: Mapping) -> MousRecord:
     """Flat dict (as to_columns writes, or a store row) -> record."""
     values = {name: row.get(name) for name in FIELDS}
     for name, sep in _SEPARATORS.items():
         text = values[name]
         if text is not None:
-            parts = [p for p in (x.strip() for x in str(text).split(sep)) if p]
-            values[name] = frozenset(int(p) for p in parts) if name == "bands" else frozenset(parts)
+            parts = _split(str(text), sep)
+            values[name] = frozenset(map(int, parts)) if name == "bands" else frozenset(parts)
     return MousRecord(**values)

@@ -7,7 +7,7 @@ that it is also total power. Reason codes are stable: scripts and the store rely
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Optional
 
 from arihpc import config
 from arihpc.errors import ConfigError
@@ -53,13 +53,17 @@ class Rules:
         return rules
 
 
-@dataclass(frozen=True)
-class Step:
-    """One node of the tree as it applied to one MOUS: what was asked, seen, and decided."""
+Outcome = Optional[tuple[str, object]]      # None (ok), ("tier", N), ("flag"|"exclude", code)
 
-    question: str
-    seen: str
-    outcome: str        # "ok", "tier N", "flag CODE" or "exclude CODE"
+
+@dataclass(frozen=True)
+class Check:
+    """One node of the tree: what it asks, what it looks at, and how it judges what it saw."""
+
+    question: Callable[[Rules], str]
+    seen: Callable[[MousRecord, Rules], object]
+    judge: Callable[[object, Rules], Outcome]
+    show: Callable[[object, MousRecord], str] = lambda value, record: _describe(value)
 
 
 @dataclass(frozen=True)
@@ -69,54 +73,26 @@ class Verdict:
     tier: int | None
     reasons: tuple[str, ...]
     flags: tuple[str, ...]
-    steps: tuple[Step, ...]
 
 
-def _known(value, text: Callable[[object], str] = str) -> str:
-    return "unknown" if value is None else text(value)
+def _judge_qa2(qa2, rules: Rules) -> Outcome:
+    if qa2 is None:
+        return ("exclude", "qa2-unknown")
+    tier = rules.qa2_tiers.get(qa2)
+    return ("exclude", "qa2-fail") if tier is None else ("tier", tier)
 
 
-def _cycle(r: MousRecord, rules: Rules) -> Step:
-    cycle = cycle_of(r.project, rules.cycle_table)
-    wanted = ", ".join(str(c) for c in sorted(rules.cycles))
-    seen = f"cycle {_known(cycle)} (project {_known(r.project)})"
-    return Step(f"cycle in {{{wanted}}}?", seen, "ok" if cycle in rules.cycles else "exclude cycle")
+def _judge_antennas(count, rules: Rules) -> Outcome:
+    if count is None:
+        return ("flag" if rules.unknown_antennas == "keep" else "exclude", "antennas-unknown")
+    return None if count >= rules.min_antennas else ("exclude", "antennas")
 
 
-def _qa2(r: MousRecord, rules: Rules) -> Step:
-    question = "QA2 status -> tier (" + ", ".join(f"{k} {v}" for k, v in rules.qa2_tiers.items()) + ")"
-    if r.qa2 is None:
-        return Step(question, "unknown (no export said PASS, SEMIPASS or FAIL)",
-                    "exclude qa2-unknown")
-    if r.qa2 in rules.qa2_tiers:
-        return Step(question, r.qa2, f"tier {rules.qa2_tiers[r.qa2]}")
-    return Step(question, r.qa2, "exclude qa2-fail")
-
-
-def _antennas(r: MousRecord, rules: Rules) -> Step:
-    question = f"at least {rules.min_antennas} distinct antennas?"
-    if r.antennas is None:
-        verb = "flag" if rules.unknown_antennas == "keep" else "exclude"
-        return Step(question, f"unknown (policy: {rules.unknown_antennas})",
-                    f"{verb} antennas-unknown")
-    return Step(question, str(r.antennas),
-                "ok" if r.antennas >= rules.min_antennas else "exclude antennas")
-
-
-def _flag_check(code: str, question: str, seen: Callable[[MousRecord, Rules], bool | None]):
+def _exclusion(code: str, question: str, seen: Callable[[MousRecord, Rules], object]) -> Check:
     """A yes/no exclusion: yes excludes with ``code``; unknown cannot exclude."""
-    def check(r: MousRecord, rules: Rules) -> Step:
-        value = seen(r, rules)
-        if code not in rules.exclude:
-            return Step(question, _known(value, _yes_no), "ok (rule not in force)")
-        if value is None:
-            return Step(question, "unknown", "ok (unknown cannot exclude)")
-        return Step(question, _yes_no(value), f"exclude {code}" if value else "ok")
-    return check
-
-
-def _yes_no(value) -> str:
-    return "yes" if value else "no"
+    def judge(value, rules: Rules) -> Outcome:
+        return ("exclude", code) if value and code in rules.exclude else None
+    return Check(lambda rules: question, seen, judge)
 
 
 def _solar(r: MousRecord, rules: Rules) -> bool | None:
@@ -126,26 +102,39 @@ def _solar(r: MousRecord, rules: Rules) -> bool | None:
 
 
 CHECKS = (
-    _cycle,
-    _qa2,
-    _antennas,
-    _flag_check("solar", "solar target?", _solar),
-    _flag_check("full-pol", "full polarisation?", lambda r, _: r.full_pol),
-    _flag_check("total-power", "total power?", lambda r, _: r.total_power),
-    _flag_check("vlbi", "VLBI project (.V)?", lambda r, _: r.vlbi),
-    _flag_check("already-imaged", "already imaged by the pipeline?",
-                lambda r, _: r.pipeline_imaged),
+    Check(lambda rules: f"cycle in {{{', '.join(map(str, sorted(rules.cycles)))}}}?",
+          lambda r, rules: cycle_of(r.project, rules.cycle_table),
+          lambda cycle, rules: None if cycle in rules.cycles else ("exclude", "cycle"),
+          lambda cycle, r: f"{_describe(cycle)} (project {r.project or 'unknown'})"),
+    Check(lambda rules: "QA2 status -> tier ("
+          + ", ".join(f"{k} {v}" for k, v in rules.qa2_tiers.items()) + ")",
+          lambda r, rules: r.qa2, _judge_qa2,
+          lambda qa2, r: qa2 or "unknown (no export said PASS, SEMIPASS or FAIL)"),
+    Check(lambda rules: f"at least {rules.min_antennas} distinct antennas?",
+          lambda r, rules: r.antennas, _judge_antennas),
+    _exclusion("solar", "solar target?", _solar),
+    _exclusion("full-pol", "full polarisation?", lambda r, rules: r.full_pol),
+    _exclusion("total-power", "total power?", lambda r, rules: r.total_power),
+    _exclusion("vlbi", "VLBI project (.V)?", lambda r, rules: r.vlbi),
+    _exclusion("already-imaged", "already imaged by the pipeline?",
+               lambda r, rules: r.pipeline_imaged),
 )
 
 
 def decide(record: MousRecord, rules: Rules) -> Verdict:
     """Run every check of the tree on one MOUS."""
-    steps = tuple(check(record, rules) for check in CHECKS)
-    reasons = tuple(s.outcome.split()[1] for s in steps if s.outcome.startswith("exclude"))
-    flags = tuple(s.outcome.split()[1] for s in steps if s.outcome.startswith("flag"))
-    tiers = [int(s.outcome.split()[1]) for s in steps if s.outcome.startswith("tier")]
-    return Verdict(record.uid, not reasons, tiers[0] if tiers and not reasons else None,
-                   reasons, flags, steps)
+    reasons, flags, tier = [], [], None
+    for check in CHECKS:
+        outcome = check.judge(check.seen(record, rules), rules)
+        if outcome is None:
+            continue
+        kind, value = outcome
+        if kind == "tier":
+            tier = value
+        else:
+            (reasons if kind == "exclude" else flags).append(value)
+    return Verdict(record.uid, not reasons, None if reasons else tier, tuple(reasons),
+                   tuple(flags))
 
 
 def select(records: Iterable[MousRecord], rules: Rules | None = None) -> list[Verdict]:
@@ -154,11 +143,30 @@ def select(records: Iterable[MousRecord], rules: Rules | None = None) -> list[Ve
     return [decide(r, rules) for r in records]
 
 
-def explain(verdict: Verdict) -> list[str]:
-    """The path through the tree as lines of text."""
-    width = max(len(s.question) for s in verdict.steps)
-    seen = max(len(s.seen) for s in verdict.steps)
-    lines = [f"  {s.question:<{width}}  {s.seen:<{seen}}  {s.outcome}" for s in verdict.steps]
+def _describe(value) -> str:
+    if value is None:
+        return "unknown"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def _outcome_text(outcome: Outcome, value) -> str:
+    if outcome is None:
+        return "ok (unknown cannot exclude)" if value is None else "ok"
+    return f"{outcome[0]} {outcome[1]}"
+
+
+def explain(record: MousRecord, rules: Rules) -> list[str]:
+    """The path of one MOUS through the tree, as lines of text: question, seen, outcome."""
+    rows = []
+    for check in CHECKS:
+        value = check.seen(record, rules)
+        rows.append((check.question(rules), check.show(value, record),
+                     _outcome_text(check.judge(value, rules), value)))
+    width = [max(len(row[i]) for row in rows) for i in (0, 1)]
+    lines = [f"  {q:<{width[0]}}  {s:<{width[1]}}  {o}" for q, s, o in rows]
+    verdict = decide(record, rules)
     if verdict.selected:
         end = f"=> selected, tier {verdict.tier}"
     else:

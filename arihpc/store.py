@@ -236,7 +236,8 @@ class Store:
         return ImportSummary(len(new_rows), len(changed_rows),
                              len(incoming) - len(new_rows) - len(changed_rows))
 
-    def _records(self, conn: Connection, uids: Iterable[str] | None = None) -> dict[str, MousRecord]:
+    def _records(self, conn: Connection,
+                 uids: Iterable[str] | None = None) -> dict[str, MousRecord]:
         query = sa.select(*[mous.c[name] for name in FIELDS])
         wanted = None if uids is None else set(uids)
         # Small imports look their MOUS up; large ones read the table once.

@@ -2,7 +2,6 @@
 nothing already in the store lost or changed. Every test runs on SQLite and PostgreSQL."""
 
 import pytest
-
 from helpers import run, snapshot
 
 HEADER = "Member ous id\tProject code\tQA2 Status\tBand\tALMA source name\n"

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import run
 
 from arihpc import __version__
-from helpers import run
 
 CATALOGS = ["study7__survey_BH.tsv", "study7__NGC3504.tsv", "astroquery-legacy__ngc4945.xml",
             "astroquery__alma-onerow.txt", "study7__admit_aq.log",
@@ -88,7 +88,8 @@ def test_select_explain_shows_the_path(loaded):
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
     assert lines[0].startswith("uid://A001/X196/X34  project 2013.1.00099.S")
-    assert any("cycle 2" in ln and ln.endswith("ok") for ln in lines)
+    assert any("cycle in {2, 3, 4}?" in ln and "2 (project 2013.1.00099.S)" in ln
+               and ln.endswith("ok") for ln in lines)
     assert any("QA2" in ln and ln.endswith("tier 1") for ln in lines)
     assert any("total power?" in ln and ln.endswith("exclude total-power") for ln in lines)
     assert lines[-1] == "=> excluded: total-power (flagged: antennas-unknown)"

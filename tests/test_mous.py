@@ -3,8 +3,16 @@
 import pytest
 
 from arihpc.errors import InvalidUid
-from arihpc.mous import (MousRecord, cycle_of, disk_name, find_uid, from_columns, is_vlbi,
-                         parse_uid, to_columns)
+from arihpc.mous import (
+    MousRecord,
+    cycle_of,
+    disk_name,
+    find_uid,
+    from_columns,
+    is_vlbi,
+    parse_uid,
+    to_columns,
+)
 
 
 @pytest.mark.parametrize("given", ["uid://A001/X147/X5b", "uid___A001_X147_X5b",

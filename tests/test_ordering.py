@@ -7,7 +7,7 @@ import pytest
 from arihpc import config
 from arihpc.errors import ConfigError
 from arihpc.mous import MousRecord
-from arihpc.ordering import order_keys, prioritise, priorities
+from arihpc.ordering import order_keys, priorities, prioritise
 from arihpc.selection import Rules, decide
 
 PROJECT = {2: "2013.1.00001.S", 3: "2015.1.00001.S", 4: "2016.1.00001.S"}

@@ -1,7 +1,7 @@
 """The campaign store on SQLite and on PostgreSQL (every test here runs on both)."""
 
-import sqlalchemy as sa
 import pytest
+import sqlalchemy as sa
 
 from arihpc.catalog import CatalogRead
 from arihpc.errors import StoreError
@@ -65,7 +65,7 @@ def test_reimport_never_blanks_known_values(store):
 
 def test_reimport_never_touches_campaign_state(store):
     store.import_catalogs([read(MousRecord(UID, project="2016.1.00650.S", qa2="PASS"))])
-    verdict = Verdict(UID, True, 1, (), ("antennas-unknown",), ())
+    verdict = Verdict(UID, True, 1, (), ("antennas-unknown",))
     store.save_decisions([verdict], {UID: 1})
     with store.engine.begin() as conn:
         conn.execute(mous.update().values(state="running"))
@@ -87,7 +87,7 @@ def test_reimport_never_touches_campaign_state(store):
 def test_decisions_come_back_in_priority_order(store):
     uids = [f"uid://A001/X1/X{i}" for i in range(1, 5)]
     store.import_catalogs([read(*[MousRecord(u) for u in uids])])
-    verdicts = [Verdict(u, u != uids[3], 1, () if u != uids[3] else ("cycle",), (), ())
+    verdicts = [Verdict(u, u != uids[3], 1, () if u != uids[3] else ("cycle",), ())
                 for u in uids]
     store.save_decisions(verdicts, {uids[2]: 1, uids[0]: 2, uids[1]: 3})
     assert [d.uid for d in store.decisions(selected_only=True)] == [uids[2], uids[0], uids[1]]
