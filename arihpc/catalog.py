@@ -292,11 +292,15 @@ def read_catalog(path: str | Path, fmt: str | None = None) -> CatalogRead:
         raise CatalogError(path, f"unknown format {name!r} (known: {', '.join(FORMATS)})")
     records: dict[str, MousRecord] = {}
     errors: list[CatalogError] = []
-    for item in FORMATS[name].parse(path):
-        if isinstance(item, CatalogError):
-            errors.append(item)
-        elif item.uid in records:
-            records[item.uid] = records[item.uid].merge(item)
-        else:
-            records[item.uid] = item
+    try:
+        for item in FORMATS[name].parse(path):
+            if isinstance(item, CatalogError):
+                errors.append(item)
+            elif item.uid in records:
+                records[item.uid] = records[item.uid].merge(item)
+            else:
+                records[item.uid] = item
+    except UnicodeDecodeError as e:
+        raise CatalogError(path, f"not UTF-8 text (bad byte {e.object[e.start:e.start + 1]!r} "
+                                 "past the start of the file)") from e
     return CatalogRead(path, name, records, errors)

@@ -43,7 +43,8 @@ def read_head(path: Path) -> str:
 
 
 def _open_text(path: Path):
-    return open(path, encoding="utf-8", errors="strict", newline="")
+    # utf-8-sig: spreadsheet tools often start a TSV/CSV with a byte-order mark.
+    return open(path, encoding="utf-8-sig", errors="strict", newline="")
 
 
 def read_delimited(path: Path, delimiter: str, quotechar: str = '"') -> Iterator[RowOrError]:

@@ -214,6 +214,8 @@ def select_command(ctx: click.Context, explain_uid: str | None, output: str) -> 
             click.echo(line)
         return
     records = {r.uid: r for r in store.records()}
+    if not records:
+        raise click.ClickException("no MOUS in the store yet: arihpc catalog import FILE...")
     verdicts = selection.select(records.values(), rules)
     store.save_decisions(verdicts, ordering.priorities(verdicts, records))
     emit([{"uid": v.uid, "selected": v.selected, "tier": v.tier, "reasons": list(v.reasons),

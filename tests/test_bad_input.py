@@ -171,3 +171,23 @@ def test_unknown_format_name_is_a_usage_error(store, tmp_path):
     path.write_text(HEADER + EXISTING)
     result = run(store, "catalog", "import", "--format", "excel", path)
     assert result.exit_code == 2 and "excel" in result.stderr
+
+
+def test_bad_bytes_past_the_sniffed_start(store, tmp_path):
+    path = tmp_path / "aq.tsv"
+    good = "uid://A001/X3/X1\t2013.1.00001.S\tPASS\t3\tA\n"
+    path.write_bytes((HEADER + good * 4000).encode() + b"uid://A001/X3/X2\t\xff\xfe\n")
+    assert "not UTF-8 text" in import_fails(store, path)
+
+
+def test_byte_order_mark_is_accepted(store, tmp_path):
+    path = tmp_path / "aq.tsv"
+    path.write_text("\ufeff" + HEADER + "uid://A001/X3/X1\t2013.1.00001.S\tPASS\t3\tA\n",
+                    encoding="utf-8")
+    result = run(store, "catalog", "import", path)
+    assert result.exit_code == 0 and "aq-tsv, 1 MOUS" in result.stdout
+
+
+def test_select_on_an_empty_store_says_what_to_do(tmp_path):
+    result = run(f"sqlite:///{tmp_path}/empty.db", "select")
+    assert result.exit_code == 1 and "arihpc catalog import" in result.stderr
