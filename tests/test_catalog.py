@@ -130,3 +130,35 @@ def test_format_override_reads_a_file_as_told(samples_dir):
         read_catalog(samples_dir / "study7__NGC3504.tsv", "arihpc-csv")
     assert set(FORMATS) >= {"aq-tsv", "legacy-votable", "obscore-votable", "obscore-ascii",
                             "datalink", "arihpc-csv"}
+
+
+def test_pipeline_named_products_mark_the_mous_already_imaged(samples_dir, tmp_path):
+    # The same listing as if the pipeline had made the images (its names carry no ".manual.").
+    text = (samples_dir / "astroquery__alma-datalink-recurse-this.xml").read_text()
+    path = tmp_path / "pipeline.xml"
+    path.write_text(text.replace(".I.manual.image.pbcor.fits", ".I.pbcor.fits"))
+    assert read_catalog(path).records["uid://A001/X12a3/Xe9"].pipeline_imaged is True
+
+
+def test_an_asdm_tar_without_size_leaves_the_raw_size_unknown(samples_dir, tmp_path, caplog):
+    text = (samples_dir / "astroquery__alma-datalink.xml").read_text()
+    path = tmp_path / "datalink.xml"
+    path.write_text(text.replace("<TD>2616798208</TD>", "<TD />"))
+    read = read_catalog(path)
+    assert read.records["uid://A001/X12a3/Xe9"].size_bytes is None and read.errors == []
+    assert "raw size left unknown" in caplog.text
+
+
+def test_obscore_votable_reads_like_the_ascii_table(samples_dir, tmp_path):
+    import csv
+
+    from astropy.table import Table
+
+    rows = list(csv.reader((samples_dir / "astroquery__alma-onerow.txt").open(),
+                           delimiter=" ", skipinitialspace=True))
+    path = tmp_path / "obscore.xml"
+    Table(rows=rows[1:], names=rows[0]).write(path, format="votable")
+    assert detect_format(path) == "obscore-votable"
+    as_votable = read_catalog(path).records
+    assert as_votable == read_catalog(samples_dir / "astroquery__alma-onerow.txt").records
+    assert as_votable["uid://A001/X1295/X35"].antennas == 50
