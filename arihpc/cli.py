@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import os
@@ -12,10 +13,12 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import click
+import yaml
 
 from arihpc import __version__, catalog, config, ordering, selection
-from arihpc.errors import ArihpcError, CatalogError
+from arihpc.errors import ArihpcError, CatalogError, ProfileError
 from arihpc.mous import MousRecord, cycle_of, parse_uid
+from arihpc.sites import cluster, profile
 from arihpc.store import Store, store_url
 
 OUTPUT_FORMATS = ("table", "json", "csv")
@@ -30,7 +33,10 @@ class ArihpcGroup(click.Group):
         try:
             return super().invoke(ctx)
         except ArihpcError as e:
-            raise click.ClickException(str(e)) from e
+            error = click.ClickException(str(e))
+            if isinstance(e, ProfileError):
+                error.exit_code = 2         # a bad profile is bad usage: nothing was submitted
+            raise error from e
 
 
 @click.group(cls=ArihpcGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -252,6 +258,48 @@ def queue_command(ctx: click.Context, output: str) -> None:
              "qa2": records[d.uid].qa2, "size_bytes": records[d.uid].size_bytes, "tier": d.tier}
             for rank, d in enumerate(decisions, 1)]
     emit(rows, ("uid", "rank", "cycle", "qa2", "size_bytes", "tier"), output)
+
+
+# --- sites ---
+
+@main.group("sites")
+def sites_group() -> None:
+    """Site profiles: the batch system, nodes, limits and storage of each site."""
+
+
+@sites_group.command("list")
+@output_option
+def sites_list(output: str) -> None:
+    """The site profiles found by name (site-configs/, ~/.config/arihpc/sites/)."""
+    rows = []
+    for name, path in sorted(profile.available_profiles().items()):
+        try:
+            site = profile.load_profile(str(path))
+            summary = {"batch_system": site.batch_system, "walltime": site.walltime,
+                       "node_classes": [c.name for c in site.node_classes], "problem": None}
+        except ArihpcError as e:
+            summary = {"batch_system": None, "walltime": None, "node_classes": [],
+                       "problem": str(e)}
+        rows.append({"site": name, **summary, "path": str(path)})
+    emit(rows, ("site", "batch_system", "walltime", "node_classes", "problem", "path"), output)
+
+
+@sites_group.command("check")
+@click.argument("site")
+def sites_check(site: str) -> None:
+    """Validate a profile (by name or path) and print it resolved, defaults filled in."""
+    resolved = dataclasses.asdict(profile.load_profile(site))
+    click.echo(yaml.safe_dump(resolved, sort_keys=False).rstrip())
+    click.echo(f"# {site}: profile is valid", err=True)
+
+
+@sites_group.command("script")
+@click.argument("site")
+@click.option("--node-class", "node_class", metavar="NAME",
+              help="Node class whose job to show (default: the first).")
+def sites_script(site: str, node_class: str | None) -> None:
+    """Print the batch job script of a site, without submitting anything."""
+    click.echo(cluster.job_script(profile.load_profile(site), node_class).rstrip())
 
 
 if __name__ == "__main__":

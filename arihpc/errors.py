@@ -19,6 +19,36 @@ class StoreError(ArihpcError):
     """The campaign store cannot be opened or is not what this arihpc expects."""
 
 
+class ProfileError(ConfigError):
+    """A site profile that cannot be used: names the file, the key, what is wrong and the fix."""
+
+    def __init__(self, path: str, key: str | None, message: str, fix: str | None = None):
+        self.path, self.key, self.message, self.fix = str(path), key, message, fix
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f"{self.path}: key '{self.key}'" if self.key else self.path
+        return f"{where}: {self.message}" + (f"; fix: {self.fix}" if self.fix else "")
+
+
+class CommandError(ArihpcError):
+    """An external command that failed: carries its argv, exit status, stdout and stderr."""
+
+    def __init__(self, argv: list[str], returncode: int | None, stdout: str, stderr: str,
+                 reason: str | None = None):
+        self.argv, self.returncode, self.reason = list(argv), returncode, reason
+        self.stdout, self.stderr = stdout, stderr
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        import shlex
+
+        what = self.reason or f"exit status {self.returncode}"
+        tail = self.stderr.strip().splitlines()[-5:] if self.stderr else []
+        return f"command failed ({what}): {shlex.join(self.argv)}" + \
+            ("".join(f"\n  stderr: {line}" for line in tail))
+
+
 class CatalogError(ArihpcError):
     """Bad catalog input, located as precisely as the format allows: file, line, field."""
 

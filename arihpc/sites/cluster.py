@@ -1,0 +1,86 @@
+"""A site's dask cluster: one scheduler, one job template per node class, workers in xvfb-run.
+
+Each batch job runs one worker process that advertises ``slots`` (MOUS at once) and
+``memory_gb`` as dask resources, and knows its deadline from the job script's prologue.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from types import ModuleType
+
+from arihpc.errors import ProfileError
+from arihpc.sites import pbspro, slurm, torque
+from arihpc.sites.profile import NodeClass, SiteProfile
+
+# batch system -> the thin module that knows it
+BATCH_MODULES: dict[str, ModuleType] = {"slurm": slurm, "torque": torque, "pbspro": pbspro}
+
+PLACEHOLDER_SCHEDULER = "tcp://SCHEDULER-ADDRESS:8786"
+
+
+def batch_module(profile: SiteProfile) -> ModuleType:
+    try:
+        return BATCH_MODULES[profile.batch_system]
+    except KeyError:
+        raise ProfileError(profile.path, "batch-system", f"site {profile.name} has no batch "
+                           "system (it runs a local dask cluster), so no job script") from None
+
+
+def worker_python(profile: SiteProfile) -> str:
+    """The worker's Python, inside ``xvfb-run -a`` when the profile asks for X."""
+    python = profile.python or sys.executable
+    if not profile.x11:
+        return python
+    return f"xvfb-run -a -s {shlex.quote('-screen 0 ' + profile.screen)} {python}"
+
+
+def prologue(profile: SiteProfile, node_class: NodeClass) -> list[str]:
+    """Job script lines before the worker: what the runner needs to know about this job."""
+    job_id = batch_module(profile).job_id_variable
+    return [
+        f"export ARIHPC_SITE={shlex.quote(profile.name)}",
+        f"export ARIHPC_NODE_CLASS={shlex.quote(node_class.name)}",
+        f"export ARIHPC_BATCH_JOB=\"${{{job_id}:-}}\"",
+        "export ARIHPC_JOB_START=$(date +%s)",
+        # The batch system kills the job at start + walltime: stages must end before it.
+        f"export ARIHPC_DEADLINE=$((ARIHPC_JOB_START + {profile.walltime_s}))",
+        f"export ARIHPC_SCRATCH={shlex.quote(profile.storage.scratch)}",
+        "export TMPDIR=\"$ARIHPC_SCRATCH\"",     # CASA's temporary files go to node scratch
+        *profile.prologue,
+    ]
+
+
+def job_options(profile: SiteProfile, node_class: NodeClass) -> dict:
+    """dask-jobqueue Job keyword arguments for one node class of a site."""
+    resources = f"slots={node_class.slots},memory_gb={node_class.job_memory_gb:g}"
+    return {
+        "cores": node_class.job_cores,
+        "memory": f"{node_class.job_memory_gb:g}GB",
+        "processes": 1,
+        "queue": profile.queue,
+        "account": profile.account,
+        "walltime": profile.walltime,
+        "job_name": f"arihpc-{profile.name}-{node_class.name}",
+        "python": worker_python(profile),
+        "job_script_prologue": prologue(profile, node_class),
+        "job_extra_directives": list(profile.job_extra),
+        "local_directory": profile.storage.scratch,
+        "worker_extra_args": [
+            "--resources", resources,
+            # A worker leaves before the walltime cut; a fresh job continues its MOUS.
+            "--lifetime", f"{profile.walltime_s - profile.drain_margin_s}s",
+        ],
+        **batch_module(profile).resource_options(node_class),
+    }
+
+
+def job_script(profile: SiteProfile, node_class: str | None = None,
+               scheduler: str = PLACEHOLDER_SCHEDULER) -> str:
+    """The batch script one job of this node class runs, built without submitting anything."""
+    chosen = profile.node_class(node_class)
+    module = batch_module(profile)
+    job = module.job_class(scheduler, name=f"{profile.name}-{chosen.name}",
+                           **job_options(profile, chosen))
+    return job.job_script()
