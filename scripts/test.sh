@@ -1,29 +1,40 @@
 #!/usr/bin/env bash
 # The project's test command: installs what the tests need (as root, with apt-get), builds .venv,
-# starts a throwaway PostgreSQL on 127.0.0.1 and runs pytest with this script's arguments.
+# starts a throwaway PostgreSQL on 127.0.0.1 and a throwaway single-node SLURM (scripts/local-slurm.sh,
+# with SLURM's qsub/qstat/qdel wrappers) and runs pytest with this script's arguments.
 #
 #   bash scripts/test.sh [pytest args...]
 #
 # Environment:
 #   ARIHPC_TEST_POSTGRES_URL  already set: use that server instead of starting one
 #   ARIHPC_TEST_NO_POSTGRES=1 start no PostgreSQL (postgres tests skip, or fail under CI=true)
+#   ARIHPC_TEST_NO_SLURM=1    start no SLURM; a SLURM_CONF already set is left as it is
 #   ARIHPC_TEST_NO_APT=1      install no Debian packages
+#
+# Each run has its own SLURM: state directory $TMPDIR/arihpc-test-slurm.XXXXXX, its own munged and
+# free ports picked at start, stopped and removed on exit. Two runs at once therefore do not clash;
+# both clusters' node is this host, so their jobs share its CPUs (each cluster believes it has all).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 # Debian packages the tests use (installed only when running as root with apt-get).
-DEBIAN_PACKAGES=(postgresql)
+DEBIAN_PACKAGES=(postgresql slurm-wlm slurm-wlm-torque munge xvfb xauth)
 
 PG_BIN=""       # directory holding initdb, pg_ctl, createdb
 PG_TMP=""       # this run's temporary directory: data/, log, socket
 AS_PG=()        # command prefix to run PostgreSQL's tools as a non-root user
+SLURM_TMP=""    # this run's SLURM state directory (scripts/local-slurm.sh)
 CREATED_POLICY_RC=0
 
 say() { echo "test.sh: $*" >&2; }
 
 cleanup() {
+    if [[ -n $SLURM_TMP ]]; then
+        ARIHPC_SLURM_DIR=$SLURM_TMP scripts/local-slurm.sh stop || true
+        rm -rf -- "$SLURM_TMP"
+    fi
     if [[ -n $PG_TMP ]]; then
         if [[ -f $PG_TMP/data/postmaster.pid ]]; then
             pg "$PG_BIN/pg_ctl" -D "$PG_TMP/data" -m fast -w stop >/dev/null 2>&1 || true
@@ -114,6 +125,28 @@ start_postgres() {
     return 1
 }
 
+# Starts this run's SLURM (scripts/local-slurm.sh) and exports its client environment (SLURM_CONF).
+start_slurm() {
+    if [[ $(id -u) -ne 0 ]]; then
+        say "not root: no local SLURM (slurmd must run as root), slurm/pbs tests will not run"
+        return 0
+    fi
+    local t0=$SECONDS attempt
+    SLURM_TMP=$(mktemp -d "${TMPDIR:-/tmp}/arihpc-test-slurm.XXXXXX")
+    for attempt in 1 2; do
+        # The free ports it picks could be taken by someone else before slurmctld binds them.
+        if ARIHPC_SLURM_DIR=$SLURM_TMP scripts/local-slurm.sh start >/dev/null; then
+            # shellcheck source=/dev/null
+            source "$SLURM_TMP/env.sh"
+            say "local SLURM up in $((SECONDS - t0))s: SLURM_CONF=$SLURM_CONF"
+            return 0
+        fi
+        ARIHPC_SLURM_DIR=$SLURM_TMP scripts/local-slurm.sh stop || true
+        say "local SLURM did not start (attempt $attempt)"
+    done
+    say "no local SLURM: slurm/pbs tests will not run (or fail under CI=true)"
+}
+
 # Creates .venv and installs the project into it when setup.cfg or pyproject.toml changed.
 setup_venv() {
     mkdir -p .venv
@@ -155,6 +188,12 @@ else
     else
         say "PostgreSQL not found (apt-get install postgresql, or run this as root): postgres tests will not run"
     fi
+fi
+
+if [[ ${ARIHPC_TEST_NO_SLURM:-} == 1 ]]; then
+    say "ARIHPC_TEST_NO_SLURM=1: no local SLURM started"
+else
+    start_slurm
 fi
 
 say "running pytest $*"

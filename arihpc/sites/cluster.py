@@ -6,6 +6,7 @@ Each batch job runs one worker process that advertises ``slots`` (MOUS at once) 
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from types import ModuleType
@@ -38,11 +39,13 @@ def worker_python(profile: SiteProfile) -> str:
 
 def prologue(profile: SiteProfile, node_class: NodeClass) -> list[str]:
     """Job script lines before the worker: what the runner needs to know about this job."""
-    job_id = batch_module(profile).job_id_variable
+    job_id = ""
+    for variable in reversed(batch_module(profile).job_id_variables):
+        job_id = f"${{{variable}:-{job_id}}}"
     return [
         f"export ARIHPC_SITE={shlex.quote(profile.name)}",
         f"export ARIHPC_NODE_CLASS={shlex.quote(node_class.name)}",
-        f"export ARIHPC_BATCH_JOB=\"${{{job_id}:-}}\"",
+        f"export ARIHPC_BATCH_JOB=\"{job_id}\"",
         "export ARIHPC_JOB_START=$(date +%s)",
         # The batch system kills the job at start + walltime: stages must end before it.
         f"export ARIHPC_DEADLINE=$((ARIHPC_JOB_START + {profile.walltime_s}))",
@@ -50,6 +53,11 @@ def prologue(profile: SiteProfile, node_class: NodeClass) -> list[str]:
         "export TMPDIR=\"$ARIHPC_SCRATCH\"",     # CASA's temporary files go to node scratch
         *profile.prologue,
     ]
+
+
+def log_folder(profile: SiteProfile) -> str:
+    """Where the batch system writes each job's stdout and stderr."""
+    return f"{profile.storage.work_dir.rstrip('/')}/batch-logs"
 
 
 def job_options(profile: SiteProfile, node_class: NodeClass) -> dict:
@@ -65,7 +73,8 @@ def job_options(profile: SiteProfile, node_class: NodeClass) -> dict:
         "job_name": f"arihpc-{profile.name}-{node_class.name}",
         "python": worker_python(profile),
         "job_script_prologue": prologue(profile, node_class),
-        "job_extra_directives": list(profile.job_extra),
+        "job_extra_directives": [*batch_module(profile).log_directives(log_folder(profile)),
+                                 *profile.job_extra],
         "local_directory": profile.storage.scratch,
         "worker_extra_args": [
             "--resources", resources,
@@ -84,3 +93,49 @@ def job_script(profile: SiteProfile, node_class: str | None = None,
     job = module.job_class(scheduler, name=f"{profile.name}-{chosen.name}",
                            **job_options(profile, chosen))
     return job.job_script()
+
+
+class SiteCluster:
+    """One site's dask scheduler; batch jobs are added per node class, never past max-jobs."""
+
+    def __init__(self, profile: SiteProfile, cluster):
+        self.profile = profile
+        self.cluster = cluster
+        self._serial = 0
+
+    @classmethod
+    def start(cls, profile: SiteProfile, dashboard_address: str = ":0") -> "SiteCluster":
+        """Start the scheduler (no job is submitted yet)."""
+        module = batch_module(profile)
+        os.makedirs(log_folder(profile), exist_ok=True)
+        cluster = module.cluster_class(**job_options(profile, profile.node_class()),
+                                       scheduler_options={"dashboard_address": dashboard_address})
+        return cls(profile, cluster)
+
+    @property
+    def jobs(self) -> int:
+        """Batch jobs this cluster has submitted and not yet released."""
+        return len(self.cluster.worker_spec)
+
+    def add_jobs(self, count: int, node_class: str | None = None) -> int:
+        """Submit up to ``count`` jobs of a node class, capped by max-jobs; returns how many."""
+        chosen = self.profile.node_class(node_class)
+        count = max(0, min(count, self.profile.max_jobs - self.jobs))
+        # The cluster's own kwargs (interface, security, ...) plus this class's job template.
+        options = {**self.cluster._job_kwargs, **job_options(self.profile, chosen)}
+        for _ in range(count):
+            self._serial += 1
+            name = f"{self.profile.name}-{chosen.name}-{self._serial}"
+            self.cluster.worker_spec[name] = {"cls": self.cluster.job_cls, "options": options}
+        self.cluster.sync(self.cluster._correct_state)
+        return count
+
+    def close(self) -> None:
+        """Release every worker and cancel every job (qdel/scancel), then stop the scheduler."""
+        self.cluster.close()
+
+    def __enter__(self) -> "SiteCluster":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

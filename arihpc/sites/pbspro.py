@@ -4,11 +4,13 @@ from dask_jobqueue import PBSCluster
 from dask_jobqueue.pbs import PBSJob
 
 from arihpc.sites.profile import NodeClass
-from arihpc.sites.torque import pbs_memory
+from arihpc.sites.torque import log_directives, pbs_memory  # noqa: F401 (same for PBS Pro)
 
 cluster_class = PBSCluster
 job_class = PBSJob
-job_id_variable = "PBS_JOBID"
+# SLURM's PBS wrappers (the CI sites) run the job under SLURM, which sets SLURM_JOB_ID.
+# environment variables that may hold the batch job id, first set wins
+job_id_variables = ("PBS_JOBID", "SLURM_JOB_ID")
 
 
 def resource_options(node_class: NodeClass) -> dict:

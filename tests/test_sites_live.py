@@ -1,0 +1,118 @@
+"""Workers brought up through the real local SLURM (sbatch) and its PBS wrappers (qsub)."""
+
+import datetime as dt
+import json
+import time
+
+import pytest
+from click.testing import CliRunner
+from distributed import Client, wait
+
+from arihpc.cli import main
+from arihpc.jobs.probe import probe
+from arihpc.sites.batch import JobState, read_queue
+from arihpc.sites.cluster import SiteCluster
+from arihpc.sites.command import run_command
+from arihpc.sites.profile import load_profile
+
+
+@pytest.fixture(autouse=True)
+def submit_from_tmp(tmp_path, monkeypatch):
+    """SLURM's qsub wrapper writes job output to the submit folder whatever #PBS -o says."""
+    monkeypatch.chdir(tmp_path)
+
+
+def slurm_start_time(job_id: str) -> float:
+    """When SLURM says the job started (epoch seconds), asked independently of the job."""
+    text = run_command(["squeue", "-h", "-j", job_id, "-o", "%S"]).stdout.strip()
+    return dt.datetime.fromisoformat(text).timestamp()
+
+
+def bring_up(site: str, jobs: int):
+    """Workers of a site with their probe reports, and SLURM's start time of each job."""
+    profile = load_profile(site)
+    with SiteCluster.start(profile) as cluster:
+        for i in range(jobs):
+            cluster.add_jobs(1, profile.node_classes[i % len(profile.node_classes)].name)
+        with Client(cluster.cluster) as client:
+            client.wait_for_workers(jobs, timeout=120)
+            reports = list(client.run(probe).values())
+            starts = {r["batch_job"]: slurm_start_time(r["batch_job"]) for r in reports}
+            queue = read_queue(profile)
+    return profile, reports, starts, queue
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("site", [
+    "ci-slurm", pytest.param("ci-torque", marks=pytest.mark.pbs),
+    pytest.param("ci-pbspro", marks=pytest.mark.pbs)])
+def test_workers_come_up_in_xvfb_with_deadline_job_id_and_resources(site):
+    profile, reports, starts, queue = bring_up(site, 2)
+    assert len(reports) == 2
+    for report in reports:
+        node_class = profile.node_class(report["node_class"])
+        assert report["site"] == site
+        assert report["display"] and report["display"].startswith(":")     # xvfb-run set it
+        assert report["batch_job"] and report["batch_job"].isdigit()
+        expected = starts[report["batch_job"]] + profile.walltime_s
+        assert abs(report["deadline"] - expected) <= 5
+        assert report["resources"] == {"slots": node_class.slots,
+                                       "memory_gb": node_class.job_memory_gb}
+    # the batch queue, read by arihpc, shows those same jobs running
+    running = {job.job_id for job in queue if job.state is JobState.RUNNING}
+    assert set(starts) <= running
+    if site == "ci-torque":
+        assert {r["node_class"] for r in reports} == {"large", "small"}     # one scheduler
+
+
+@pytest.mark.slurm
+@pytest.mark.pbs
+def test_a_task_needing_more_memory_than_the_small_class_runs_on_a_large_worker():
+    profile = load_profile("ci-torque")
+    need = profile.node_class("small").job_memory_gb + 0.5
+    assert need <= profile.node_class("large").job_memory_gb
+    with SiteCluster.start(profile) as cluster:
+        cluster.add_jobs(1, "small")
+        cluster.add_jobs(1, "large")
+        with Client(cluster.cluster) as client:
+            client.wait_for_workers(2, timeout=120)
+            # probe reports the node class of the worker that ran it (a task must be importable)
+            big = [client.submit(probe, resources={"memory_gb": need}, pure=False)
+                   for _ in range(6)]
+            small = [client.submit(probe, resources={"memory_gb": 0.1}, pure=False)
+                     for _ in range(20)]
+            wait(big + small, timeout=120)         # a lost worker fails the test, not hangs it
+            assert {r["node_class"] for r in client.gather(big)} == {"large"}
+            assert {r["node_class"] for r in client.gather(small)} <= {"large", "small"}
+
+
+@pytest.mark.slurm
+def test_jobs_never_exceed_the_site_maximum_and_are_released():
+    profile = load_profile("ci-slurm")
+    with SiteCluster.start(profile) as cluster:
+        assert cluster.add_jobs(5) == profile.max_jobs
+        assert cluster.add_jobs(1) == 0
+        ours = {job.job_id for job in read_queue(profile) if job.state in ACTIVE}
+        assert len(ours) == profile.max_jobs
+    deadline = time.time() + 30        # close() cancels them; SLURM needs a moment
+    while time.time() < deadline and active(profile, ours):
+        time.sleep(1)
+    assert not active(profile, ours)
+
+
+ACTIVE = (JobState.PENDING, JobState.RUNNING)
+
+
+def active(profile, job_ids) -> list:
+    """Those of the jobs still pending or running (ended jobs stay listed for a while)."""
+    return [j for j in read_queue(profile) if j.job_id in job_ids and j.state in ACTIVE]
+
+
+@pytest.mark.slurm
+def test_sites_up_command():
+    result = CliRunner().invoke(main, ["sites", "up", "ci-slurm", "--jobs", "2",
+                                       "--format", "json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert len(rows) == 2 and all(r["display"] for r in rows)
+    assert {r["resources"][0] for r in rows} == {"memory_gb=1"}
