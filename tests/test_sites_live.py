@@ -2,7 +2,10 @@
 
 import datetime as dt
 import json
+import os
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -116,3 +119,46 @@ def test_sites_up_command():
     rows = json.loads(result.stdout)
     assert len(rows) == 2 and all(r["display"] for r in rows)
     assert {r["resources"][0] for r in rows} == {"memory_gb=1"}
+
+
+@pytest.mark.slurm
+def test_a_refused_sbatch_is_reported_and_nothing_stays_submitted(tmp_path):
+    text = (Path(load_profile("ci-slurm").path).read_text()
+            .replace("queue: debug", "queue: no-such-partition"))
+    path = tmp_path / "refused.yaml"
+    path.write_text(text)
+    result = CliRunner().invoke(main, ["sites", "up", str(path), "--jobs", "2"])
+    assert result.exit_code == 1
+    assert "command failed (exit status 1): sbatch " in result.stderr
+    assert "invalid partition specified: no-such-partition" in result.stderr
+    assert not active(load_profile(str(path)), {j.job_id for j in read_queue(
+        load_profile(str(path)))})
+
+
+@pytest.mark.slurm
+@pytest.mark.pbs
+def test_qsub_not_found_is_reported(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))          # no qsub anywhere
+    result = CliRunner().invoke(main, ["sites", "up", "ci-pbspro", "--jobs", "1"])
+    assert result.exit_code == 1
+    assert "qsub could not run: No such file or directory" in result.stderr
+
+
+@pytest.mark.slurm
+def test_local_slurm_start_twice_is_harmless_and_stop_leaves_no_daemon(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "local-slurm.sh"
+    env = {**os.environ, "ARIHPC_SLURM_DIR": str(tmp_path / "slurm")}
+    env.pop("SLURM_CONF", None)
+    run = lambda action: subprocess.run(["bash", str(script), action], env=env,  # noqa: E731
+                                        capture_output=True, text=True, timeout=120)
+    try:
+        first, second = run("start"), run("start")
+        assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+        assert f"export SLURM_CONF={tmp_path}/slurm/slurm.conf" in second.stdout
+        assert run("status").returncode == 0
+    finally:
+        stopped = run("stop")
+    assert stopped.returncode == 0
+    left = subprocess.run(["pgrep", "-f", f"{tmp_path}/slurm/"], capture_output=True, text=True)
+    assert left.stdout.strip() == ""
+    assert run("status").returncode == 3

@@ -7,11 +7,14 @@ Each batch job runs one worker process that advertises ``slots`` (MOUS at once) 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import sys
 from types import ModuleType
 
-from arihpc.errors import ProfileError
+from distributed.core import Status
+
+from arihpc.errors import CommandError, ProfileError
 from arihpc.sites import pbspro, slurm, torque
 from arihpc.sites.profile import NodeClass, SiteProfile
 
@@ -123,12 +126,28 @@ class SiteCluster:
         count = max(0, min(count, self.profile.max_jobs - self.jobs))
         # The cluster's own kwargs (interface, security, ...) plus this class's job template.
         options = {**self.cluster._job_kwargs, **job_options(self.profile, chosen)}
+        names = []
         for _ in range(count):
             self._serial += 1
-            name = f"{self.profile.name}-{chosen.name}-{self._serial}"
-            self.cluster.worker_spec[name] = {"cls": self.cluster.job_cls, "options": options}
-        self.cluster.sync(self.cluster._correct_state)
+            names.append(f"{self.profile.name}-{chosen.name}-{self._serial}")
+            self.cluster.worker_spec[names[-1]] = {"cls": self.cluster.job_cls,
+                                                   "options": options}
+        try:
+            self.cluster.sync(self.cluster._correct_state)
+        except (RuntimeError, OSError) as e:       # sbatch/qsub refused, or not installed
+            self._withdraw(names)
+            raise submission_error(e, self.cluster.job_cls.submit_command) from None
         return count
+
+    def _withdraw(self, names: list[str]) -> None:
+        """Cancel every job of a failed submission: nothing stays half-submitted."""
+        for name in names:
+            self.cluster.worker_spec.pop(name, None)
+            job = self.cluster.workers.get(name)
+            if job is not None and getattr(job, "job_id", None) is None:
+                self.cluster.workers.pop(name)          # never reached the batch system
+                job.status = Status.failed              # so closing the cluster accepts it
+        self.cluster.sync(self.cluster._correct_state)  # cancels the ones that did
 
     def close(self) -> None:
         """Release every worker and cancel every job (qdel/scancel), then stop the scheduler."""
@@ -139,3 +158,18 @@ class SiteCluster:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def submission_error(error: Exception, submit_command: str) -> CommandError:
+    """dask-jobqueue's failed qsub/sbatch, as arihpc's CommandError (argv, status, output)."""
+    if isinstance(error, OSError):
+        return CommandError([submit_command], None, "", str(error),
+                            reason=f"{submit_command} could not run: {error.strerror}")
+    text = str(error)
+    part = {key: re.search(rf"{key}:\n(.*?)(?:\n\w+:\n|\Z)", text, re.S)
+            for key in ("Command", "stdout", "stderr")}
+    status = re.search(r"Exit code: (-?\d+)", text)
+    argv = shlex.split(part["Command"].group(1)) if part["Command"] else ["(batch submit)"]
+    return CommandError(argv, int(status.group(1)) if status else None,
+                        part["stdout"].group(1).strip() if part["stdout"] else "",
+                        part["stderr"].group(1).strip() if part["stderr"] else text)
