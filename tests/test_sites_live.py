@@ -162,3 +162,18 @@ def test_local_slurm_start_twice_is_harmless_and_stop_leaves_no_daemon(tmp_path)
     left = subprocess.run(["pgrep", "-f", f"{tmp_path}/slurm/"], capture_output=True, text=True)
     assert left.stdout.strip() == ""
     assert run("status").returncode == 3
+
+
+def test_local_site_workers_advertise_resources_and_a_deadline():
+    profile = load_profile("local")
+    before = time.time()
+    with SiteCluster.start(profile) as cluster:
+        assert cluster.add_jobs(3) == profile.max_jobs == 1
+        with Client(cluster.cluster) as client:
+            client.wait_for_workers(1, timeout=60)
+            (report,) = client.run(probe).values()
+            done = client.submit(probe, resources={"slots": 1}, pure=False).result(timeout=60)
+    assert report["site"] == "local" and report["batch_job"].startswith("local-")
+    assert report["resources"] == {"slots": 1, "memory_gb": 8}
+    assert before - 1 <= report["deadline"] - profile.walltime_s <= time.time() + 1
+    assert done["node_class"] == "local"

@@ -1,5 +1,8 @@
 """A site's dask cluster: one scheduler, one job template per node class, workers in xvfb-run.
 
+SLURM, Torque and PBS Pro sites run dask-jobqueue clusters (one thin module each); the local
+site runs a dask LocalCluster whose workers get the same resources and environment.
+
 Each batch job runs one worker process that advertises ``slots`` (MOUS at once) and
 ``memory_gb`` as dask resources, and knows its deadline from the job script's prologue.
 """
@@ -10,12 +13,15 @@ import os
 import re
 import shlex
 import sys
+import time
+from dataclasses import dataclass
 from types import ModuleType
+from typing import Any, Callable
 
 from distributed.core import Status
 
 from arihpc.errors import CommandError, ProfileError
-from arihpc.sites import pbspro, slurm, torque
+from arihpc.sites import local, pbspro, slurm, torque
 from arihpc.sites.profile import NodeClass, SiteProfile
 
 # batch system -> the thin module that knows it
@@ -98,6 +104,44 @@ def job_script(profile: SiteProfile, node_class: str | None = None,
     return job.job_script()
 
 
+@dataclass(frozen=True)
+class Backend:
+    """How a batch system starts its scheduler and describes one job of a node class."""
+
+    start: Callable[[SiteProfile, str], Any]
+    worker_spec: Callable[[SiteProfile, NodeClass, Any], dict]
+
+
+def _jobqueue_backend(module: ModuleType) -> Backend:
+    def start(profile: SiteProfile, dashboard_address: str):
+        os.makedirs(log_folder(profile), exist_ok=True)
+        return module.cluster_class(**job_options(profile, profile.node_class()),
+                                    scheduler_options={"dashboard_address": dashboard_address})
+
+    def worker_spec(profile: SiteProfile, node_class: NodeClass, cluster) -> dict:
+        # The cluster's own kwargs (interface, security, ...) plus this class's job template.
+        return {"cls": cluster.job_cls,
+                "options": {**cluster._job_kwargs, **job_options(profile, node_class)}}
+    return Backend(start, worker_spec)
+
+
+def local_environment(profile: SiteProfile, node_class: NodeClass) -> dict[str, str]:
+    """What a job script's prologue would export, for a local worker starting now."""
+    start = int(time.time())
+    return {"ARIHPC_SITE": profile.name, "ARIHPC_NODE_CLASS": node_class.name,
+            "ARIHPC_BATCH_JOB": f"local-{os.getpid()}", "ARIHPC_JOB_START": str(start),
+            "ARIHPC_DEADLINE": str(start + profile.walltime_s),
+            "ARIHPC_SCRATCH": profile.storage.scratch, "TMPDIR": profile.storage.scratch}
+
+
+BACKENDS: dict[str, Backend] = {
+    **{name: _jobqueue_backend(module) for name, module in BATCH_MODULES.items()},
+    "local": Backend(lambda profile, dashboard: local.start_cluster(dashboard),
+                     lambda profile, node_class, cluster: local.worker_spec(
+                         node_class, local_environment(profile, node_class))),
+}
+
+
 class SiteCluster:
     """One site's dask scheduler; batch jobs are added per node class, never past max-jobs."""
 
@@ -109,11 +153,7 @@ class SiteCluster:
     @classmethod
     def start(cls, profile: SiteProfile, dashboard_address: str = ":0") -> "SiteCluster":
         """Start the scheduler (no job is submitted yet)."""
-        module = batch_module(profile)
-        os.makedirs(log_folder(profile), exist_ok=True)
-        cluster = module.cluster_class(**job_options(profile, profile.node_class()),
-                                       scheduler_options={"dashboard_address": dashboard_address})
-        return cls(profile, cluster)
+        return cls(profile, BACKENDS[profile.batch_system].start(profile, dashboard_address))
 
     @property
     def jobs(self) -> int:
@@ -124,19 +164,18 @@ class SiteCluster:
         """Submit up to ``count`` jobs of a node class, capped by max-jobs; returns how many."""
         chosen = self.profile.node_class(node_class)
         count = max(0, min(count, self.profile.max_jobs - self.jobs))
-        # The cluster's own kwargs (interface, security, ...) plus this class's job template.
-        options = {**self.cluster._job_kwargs, **job_options(self.profile, chosen)}
+        spec = BACKENDS[self.profile.batch_system].worker_spec(self.profile, chosen, self.cluster)
         names = []
         for _ in range(count):
             self._serial += 1
             names.append(f"{self.profile.name}-{chosen.name}-{self._serial}")
-            self.cluster.worker_spec[names[-1]] = {"cls": self.cluster.job_cls,
-                                                   "options": options}
+            self.cluster.worker_spec[names[-1]] = spec
         try:
             self.cluster.sync(self.cluster._correct_state)
         except (RuntimeError, OSError) as e:       # sbatch/qsub refused, or not installed
             self._withdraw(names)
-            raise submission_error(e, self.cluster.job_cls.submit_command) from None
+            raise submission_error(e, getattr(self.cluster.job_cls, "submit_command", "")) \
+                from None
         return count
 
     def _withdraw(self, names: list[str]) -> None:
