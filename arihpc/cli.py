@@ -344,5 +344,22 @@ def sites_up(site: str, jobs: int, node_class: str | None, timeout: float, outpu
           "left_s", "resources"), output)
 
 
+@main.command("classify")
+@click.argument("logfile", type=click.Path(exists=True, dir_okay=False))
+@output_option
+def classify_command(logfile: str, output: str) -> None:
+    """The failure class of a stage or job log and the line that decided it ('none': no
+    failure). Rules: arihpc.failures in arihpc.yaml (or --config)."""
+    from arihpc.jobs.failures import classify
+
+    with open(logfile, errors="replace") as f:
+        found = classify(f)
+    row = {"class": found.name or "none", "line": found.line}
+    if output == "json":
+        click.echo(json.dumps(row))
+    else:
+        emit([row], ("class", "line"), output)
+
+
 if __name__ == "__main__":
     main()

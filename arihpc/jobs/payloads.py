@@ -1,0 +1,91 @@
+"""Stage plans of the two payloads: real CASA, and the emulator for tests and benchmarks.
+
+A stage is one external command that writes its outputs under one folder of the MOUS's
+work directory. Stages with no real work yet (qa, preview, package) are not in the plans.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from arihpc import config
+from arihpc.mous import disk_name
+
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class MousTask:
+    """One MOUS to run: where, with which payload, how big, with how much memory."""
+
+    uid: str
+    workdir: Path
+    payload: str = "emulator"
+    size_gb: float | None = None
+    memory_gb: float | None = None          # the memory guard's limit for each stage
+    attempt: int = 1
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    argv: list[str]
+    output_folder: str
+    predicted_s: float
+    memory_limit: int | None
+
+
+def _memory_limit(task: MousTask) -> int | None:
+    return int(task.memory_gb * GB) if task.memory_gb else None
+
+
+def _predicted(stage: str, task: MousTask) -> float:
+    per_gb = config.get("runner.predict-s-per-gb").get(stage, 0)
+    return max(float(config.get("runner.predict-min-s")), per_gb * (task.size_gb or 0))
+
+
+def emulator_plan(task: MousTask) -> list[StageSpec]:
+    """Four emulated stages; ``options``: cpu-s-per-gb, memory-mb-per-gb, output-mb-per-gb,
+    and fail-plan, a list of {class, stage, attempt} that makes that stage fail that way."""
+    options = task.options
+    cpu = float(options.get("cpu-s-per-gb", 0.1))
+    plan = []
+    for name in ("fetch", "restore", "image", "export"):
+        argv = [sys.executable, "-m", "arihpc.jobs.emulator", "--stage", name,
+                "--workdir", str(task.workdir), "--size-gb", str(task.size_gb or 1),
+                "--cpu-s-per-gb", str(cpu),
+                "--memory-mb-per-gb", str(options.get("memory-mb-per-gb", 5)),
+                "--output-mb-per-gb", str(options.get("output-mb-per-gb", 0.1))]
+        for planned in options.get("fail-plan", []):
+            if planned["stage"] == name and int(planned.get("attempt", 1)) == task.attempt:
+                argv += ["--fail", planned["class"]]
+        predicted = float(options.get("predicted-s", cpu * (task.size_gb or 1) + 1))
+        plan.append(StageSpec(name, argv, name, predicted, _memory_limit(task)))
+    return plan
+
+
+def casa_plan(task: MousTask) -> list[StageSpec]:
+    """fetch (from the archive URL or mirror template in ``options['source']``), then real
+    CASA 6: restore, image, export (arihpc.jobs.casa_payload)."""
+    source = task.options.get("source")
+    if not source:
+        raise ValueError("the casa payload needs options['source'], the archive template")
+    fetch = [sys.executable, "-m", "arihpc.jobs.fetch", "--source", source,
+             "--uid", disk_name(task.uid), "--dest", str(task.workdir / "fetch")]
+    plan = [StageSpec("fetch", fetch, "fetch", _predicted("fetch", task), _memory_limit(task))]
+    for name in ("restore", "image", "export"):
+        argv = [sys.executable, "-m", "arihpc.jobs.casa_payload", name,
+                "--workdir", str(task.workdir), "--uid", task.uid]
+        plan.append(StageSpec(name, argv, name, _predicted(name, task), _memory_limit(task)))
+    return plan
+
+
+PAYLOADS: dict[str, Callable[[MousTask], list[StageSpec]]] = {
+    "emulator": emulator_plan,
+    "casa": casa_plan,
+}
+

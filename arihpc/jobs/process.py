@@ -1,0 +1,118 @@
+"""Run one stage command: own process group, psutil accounting, memory guard, timeout, log.
+
+The command runs under arihpc.jobs.guard, which kills the group if this process dies.
+Every sample walks the whole process tree: peak RSS is the sum over the tree, CPU the sum of
+user + system time of every process ever seen in it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import psutil
+
+log = logging.getLogger(__name__)
+
+KILL_AFTER_S = 3.0      # after SIGTERM, the group gets this long before SIGKILL
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    returncode: int
+    wall_s: float
+    cpu_s: float
+    peak_rss: int
+    killed_for: str | None       # "oom", "timeout", "stopped" (SIGTERM), or None
+
+
+class _TreeSampler:
+    """Peak RSS and CPU time of a process and all its descendants."""
+
+    def __init__(self, pid: int):
+        self.root = psutil.Process(pid)
+        self.cpu: dict[int, float] = {}
+        self.peak_rss = 0
+
+    def sample(self) -> int:
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0
+        rss = 0
+        for proc in procs:
+            try:
+                with proc.oneshot():
+                    rss += proc.memory_info().rss
+                    times = proc.cpu_times()
+                    self.cpu[proc.pid] = times.user + times.system
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        self.peak_rss = max(self.peak_rss, rss)
+        return rss
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run_process(argv: Sequence[str], cwd: Path, log_path: Path,
+                memory_limit: int | None = None, timeout_s: float | None = None,
+                stop: threading.Event | None = None, poll_s: float = 0.2,
+                env: dict[str, str] | None = None) -> ProcessResult:
+    """Run ``argv`` in its own process group, stdout+stderr appended to ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    rusage = log_path.with_name(f".{log_path.name}.rusage")
+    rusage.unlink(missing_ok=True)
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "arihpc.jobs.guard", "--rusage",
+                                 str(rusage), "--", *argv],
+                                cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+    sampler = _TreeSampler(proc.pid)
+    killed_for, signalled_at = None, None
+    while proc.poll() is None:
+        rss = sampler.sample()
+        reason = _why_stop(rss, memory_limit, time.monotonic() - start, timeout_s, stop)
+        if reason and killed_for is None:
+            killed_for, signalled_at = reason, time.monotonic()
+            log.warning("stopping %s: %s (tree rss %d bytes)", argv[0], reason, rss)
+            # A memory hog dies at once; otherwise SIGTERM lets the guard end the group cleanly.
+            _signal_group(proc.pid, signal.SIGKILL if reason == "oom" else signal.SIGTERM)
+        elif signalled_at is not None and time.monotonic() - signalled_at > KILL_AFTER_S:
+            _signal_group(proc.pid, signal.SIGKILL)
+        try:
+            proc.wait(timeout=poll_s)
+        except subprocess.TimeoutExpired:
+            pass
+    _signal_group(proc.pid, signal.SIGKILL)       # nothing of the stage outlives it
+    cpu_s, peak = sum(sampler.cpu.values()), sampler.peak_rss
+    if rusage.exists():     # the kernel's count also has what ran between two samples
+        counted = json.loads(rusage.read_text())
+        cpu_s, peak = max(cpu_s, counted["cpu_s"]), max(peak, counted["maxrss"])
+        rusage.unlink()
+    return ProcessResult(proc.returncode, time.monotonic() - start, cpu_s, peak, killed_for)
+
+
+def _why_stop(rss: int, memory_limit: int | None, elapsed: float, timeout_s: float | None,
+              stop: threading.Event | None) -> str | None:
+    if memory_limit is not None and rss > memory_limit:
+        return "oom"
+    if timeout_s is not None and elapsed > timeout_s:
+        return "timeout"
+    if stop is not None and stop.is_set():
+        return "stopped"
+    return None

@@ -1,0 +1,181 @@
+"""run_mous: one MOUS through its stages, inside a dask worker or a batch job.
+
+Stages run in order, each one external command under the process runner; a stage whose
+checkpoint exists is skipped, and every stage after the first one that runs runs again. A
+stage starts only if its predicted duration fits before the job's deadline; otherwise the
+runner yields, and a fresh job continues from that stage.
+
+    python -m arihpc.jobs.runner --uid UID --workdir DIR --payload emulator --size-gb 13
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from arihpc import config
+from arihpc.jobs import workdir as wd
+from arihpc.jobs.failures import classify, retry_policy
+from arihpc.jobs.payloads import PAYLOADS, MousTask, StageSpec
+from arihpc.jobs.process import run_process
+from arihpc.mous import disk_name
+
+LOG_TAIL = 20
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one run: done, yielded, interrupted or failed."""
+
+    uid: str
+    status: str
+    stage: str | None = None            # the stage it stopped at (next to run, or failed)
+    error_class: str | None = None
+    message: str | None = None
+    log_lines: tuple[str, ...] = ()
+    stages_run: tuple[str, ...] = ()
+    records: dict = field(default_factory=dict)     # stage -> checkpoint written this run
+
+
+def _first_to_run(task: MousTask, plan: list[StageSpec]) -> int:
+    """Index of the first stage without a checkpoint; later checkpoints are dropped."""
+    for index, stage in enumerate(plan):
+        if wd.read_checkpoint(task.workdir, stage.name) is None:
+            for later in plan[index + 1:]:
+                wd.drop_checkpoint(task.workdir, later.name)   # its inputs will change
+            return index
+    return len(plan)
+
+
+def _fits(stage: StageSpec, deadline: float | None) -> bool:
+    if deadline is None:
+        return True
+    margin = float(config.get("runner.walltime-margin-s"))
+    return time.time() + stage.predicted_s + margin <= deadline
+
+
+def _run_stage(task: MousTask, stage: StageSpec, stop: threading.Event | None):
+    """Run one stage from clean outputs; returns (process result, start time, log path)."""
+    out = task.workdir / stage.output_folder
+    if out.exists():
+        shutil.rmtree(out)          # a stage cut earlier left partial outputs
+    log_path = task.workdir / "log" / f"{stage.name}.log"
+    started = time.time()
+    result = run_process(stage.argv, cwd=task.workdir, log_path=log_path,
+                         memory_limit=stage.memory_limit, stop=stop,
+                         timeout_s=float(config.get("runner.stage-timeout-s")))
+    return result, started, log_path
+
+
+def _failure(task: MousTask, stage: StageSpec, result, log_path: Path, done: list[str]):
+    lines = log_path.read_text(errors="replace").splitlines()[-2000:]
+    if result.killed_for == "oom":
+        name, line = "oom", f"arihpc: memory limit exceeded: tree RSS {result.peak_rss} bytes"
+    elif result.killed_for == "timeout":
+        name, line = "unknown", "arihpc: stage ran longer than runner.stage-timeout-s"
+    elif result.killed_for == "stopped":
+        name, line = "walltime", "arihpc: stopped by SIGTERM (batch system kill)"
+    else:
+        found = classify(lines, result.returncode)
+        name, line = found.name or "unknown", found.line
+    status = "interrupted" if name == "walltime" else "failed"
+    return Outcome(task.uid, status, stage.name, name, line,
+                   tuple([line or ""] + lines[-LOG_TAIL:]), tuple(done))
+
+
+def run_mous(task: MousTask, deadline: float | None = None, owner: str | None = None,
+             stop: threading.Event | None = None) -> Outcome:
+    """Run the stages of one MOUS that are not done yet; never two runners at once."""
+    disk_name(task.uid)             # a uid names a path only once validated
+    task.workdir.mkdir(parents=True, exist_ok=True)
+    owner = owner or os.environ.get("ARIHPC_BATCH_JOB") or f"pid {os.getpid()}"
+    lock = wd.MousLock(task.workdir, owner, float(config.get("runner.lock-refresh-s")),
+                       float(config.get("runner.lock-stale-s")))
+    try:
+        lock.acquire()
+    except wd.MousLocked as e:
+        return Outcome(task.uid, "failed", None, "lock", str(e), (str(e),))
+    try:
+        return _run_stages(task, deadline, stop)
+    finally:
+        lock.release()
+
+
+def _run_stages(task: MousTask, deadline: float | None, stop: threading.Event | None):
+    plan = PAYLOADS[task.payload](task)
+    done: list[str] = []
+    records: dict = {}
+    for stage in plan[_first_to_run(task, plan):]:
+        if stop is not None and stop.is_set():
+            return Outcome(task.uid, "interrupted", stage.name, "walltime",
+                           "stopped before the stage started", (), tuple(done), records)
+        if not _fits(stage, deadline):
+            return Outcome(task.uid, "yielded", stage.name, None,
+                           f"{stage.name} needs ~{stage.predicted_s:.0f} s; "
+                           f"{max(0, deadline - time.time()):.0f} s left before the deadline",
+                           (), tuple(done), records)
+        result, started, log_path = _run_stage(task, stage, stop)
+        if result.returncode != 0 or result.killed_for:
+            return _failure(task, stage, result, log_path, done)
+        records[stage.name] = {
+            "stage": stage.name, "attempt": task.attempt, "start": started, "end": time.time(),
+            "wall_s": result.wall_s, "cpu_s": result.cpu_s, "peak_rss": result.peak_rss,
+            "outputs": wd.output_sizes(task.workdir, stage.output_folder)}
+        wd.write_checkpoint(task.workdir, stage.name, records[stage.name])
+        done.append(stage.name)
+    return Outcome(task.uid, "done", None, None, None, (), tuple(done), records)
+
+
+def retry_task(task: MousTask, outcome: Outcome, failures_of_class: int) -> MousTask | None:
+    """The next attempt the retry policy of the outcome's class allows, or None.
+
+    ``failures_of_class``: earlier failed attempts of this MOUS with the same class.
+    walltime resumes without counting; oom asks for memory-factor times the memory.
+    """
+    if outcome.status in ("done", "yielded"):
+        return None
+    policy = retry_policy(outcome.error_class or "unknown")
+    if policy.get("resume"):
+        return replace(task, attempt=task.attempt + 1)
+    if failures_of_class >= int(policy.get("retries", 0)):
+        return None
+    memory = task.memory_gb
+    if memory and policy.get("memory-factor"):
+        memory = memory * float(policy["memory-factor"])
+    return replace(task, attempt=task.attempt + 1, memory_gb=memory)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one MOUS as a batch job's payload; the outcome goes to WORKDIR/outcome.json."""
+    parser = argparse.ArgumentParser(description="Run the stages of one MOUS.")
+    parser.add_argument("--uid", required=True)
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--payload", choices=sorted(PAYLOADS), default="emulator")
+    parser.add_argument("--size-gb", type=float, default=1.0)
+    parser.add_argument("--memory-gb", type=float)
+    parser.add_argument("--attempt", type=int, default=1)
+    parser.add_argument("--options", default="{}", help="payload options as JSON")
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())    # the batch system's walltime kill
+    task = MousTask(args.uid, args.workdir, args.payload, args.size_gb, args.memory_gb,
+                    args.attempt, json.loads(args.options))
+    deadline = os.environ.get("ARIHPC_DEADLINE")
+    outcome = run_mous(task, float(deadline) if deadline else None, stop=stop)
+    wd.write_json_atomic(args.workdir / "outcome.json", asdict(outcome))
+    sys.stdout.write(f"{outcome.uid}: {outcome.status}"
+                     f"{' at ' + outcome.stage if outcome.stage else ''}"
+                     f"{' (' + outcome.error_class + ')' if outcome.error_class else ''}\n")
+    return 0 if outcome.status in ("done", "yielded") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

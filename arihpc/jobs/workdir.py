@@ -1,0 +1,116 @@
+"""A MOUS's work directory: atomic checkpoints and the lock that names the owning batch job."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from arihpc.errors import ArihpcError
+
+LOCK_NAME = "arihpc.lock"
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON so that readers see the old file or the whole new one: temp, fsync, rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)            # the rename itself survives a crash
+    finally:
+        os.close(folder)
+
+
+def checkpoint_path(workdir: Path, stage: str) -> Path:
+    return workdir / "checkpoints" / f"{stage}.json"
+
+
+def read_checkpoint(workdir: Path, stage: str) -> dict | None:
+    try:
+        return json.loads(checkpoint_path(workdir, stage).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def write_checkpoint(workdir: Path, stage: str, record: dict) -> None:
+    checkpoint_path(workdir, stage).parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(checkpoint_path(workdir, stage), record)
+
+
+def drop_checkpoint(workdir: Path, stage: str) -> None:
+    checkpoint_path(workdir, stage).unlink(missing_ok=True)
+
+
+def output_sizes(workdir: Path, folder: str) -> dict[str, int]:
+    """Every file under workdir/folder with its size (the outputs a checkpoint records)."""
+    root = workdir / folder
+    return {str(p.relative_to(workdir)): p.stat().st_size
+            for p in sorted(root.rglob("*")) if p.is_file()} if root.is_dir() else {}
+
+
+class MousLocked(ArihpcError):
+    """Another runner holds this MOUS."""
+
+
+class MousLock:
+    """An exclusive lock file in the work directory, refreshed while the runner works."""
+
+    def __init__(self, workdir: Path, owner: str, refresh_s: float, stale_s: float):
+        self.path = workdir / LOCK_NAME
+        self.owner, self.refresh_s, self.stale_s = owner, refresh_s, stale_s
+        self.token = uuid.uuid4().hex          # tells this runner's lock from any other
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _record(self) -> dict:
+        return {"owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(),
+                "token": self.token, "refreshed": time.time()}
+
+    def acquire(self) -> None:
+        """Take the lock, or raise MousLocked naming its holder (touching nothing)."""
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = self._holder()
+            if time.time() - holder.get("refreshed", 0) < self.stale_s:
+                raise MousLocked(f"arihpc: MOUS is locked by {holder.get('owner')} on "
+                                 f"{holder.get('host')} (pid {holder.get('pid')})") from None
+            self.path.unlink(missing_ok=True)   # its runner died: refreshes stopped
+            return self.acquire()
+        with os.fdopen(fd, "w") as f:
+            json.dump(self._record(), f)
+        self._thread = threading.Thread(target=self._refresh, daemon=True)
+        self._thread.start()
+
+    def _holder(self) -> dict:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+    def _refresh(self) -> None:
+        while not self._stop.wait(self.refresh_s):
+            write_json_atomic(self.path, self._record())
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._holder().get("token") == self.token:
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "MousLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

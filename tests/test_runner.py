@@ -1,0 +1,168 @@
+"""run_mous with the emulated payload: checkpoints, resume, deadlines, memory guard, the lock,
+and no orphan processes when the worker dies."""
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from distributed import Client, LocalCluster
+
+from arihpc.jobs.payloads import MousTask
+from arihpc.jobs.runner import Outcome, retry_task, run_mous
+from arihpc.jobs.workdir import checkpoint_path, read_checkpoint
+
+UID = "uid://A001/X87a/X706"
+STAGES = ["fetch", "restore", "image", "export"]
+
+
+def task(tmp_path: Path, **options) -> MousTask:
+    return MousTask(UID, tmp_path / "uid___A001_X87a_X706", "emulator", size_gb=1.0,
+                    options={"cpu-s-per-gb": 0.05, **options})
+
+
+def test_checkpoints_are_written_and_a_second_run_skips_every_stage(tmp_path):
+    job = task(tmp_path)
+    first = run_mous(job)
+    assert (first.status, first.stages_run) == ("done", tuple(STAGES))
+    for stage in STAGES:
+        record = read_checkpoint(job.workdir, stage)
+        assert record["wall_s"] > 0 and record["cpu_s"] > 0 and record["peak_rss"] > 10**6
+        output = job.workdir / stage / f"{stage}.out"
+        assert record["outputs"] == {f"{stage}/{stage}.out": output.stat().st_size}
+        assert record["end"] >= record["start"]
+    logs = {s: (job.workdir / "log" / f"{s}.log").read_text() for s in STAGES}
+    second = run_mous(job)
+    assert (second.status, second.stages_run) == ("done", ())
+    assert {s: (job.workdir / "log" / f"{s}.log").read_text() for s in STAGES} == logs
+
+
+def test_dropping_stage_3_reruns_stage_3_onward_only(tmp_path):
+    job = task(tmp_path)
+    run_mous(job)
+    kept = {s: checkpoint_path(job.workdir, s).read_text() for s in STAGES[:2]}
+    checkpoint_path(job.workdir, "image").unlink()
+    again = run_mous(job)
+    assert again.stages_run == ("image", "export")
+    assert {s: checkpoint_path(job.workdir, s).read_text() for s in STAGES[:2]} == kept
+
+
+def test_a_stage_that_does_not_fit_before_the_deadline_never_starts(tmp_path):
+    job = task(tmp_path, **{"predicted-s": 30})
+    outcome = run_mous(job, deadline=time.time() + 10)
+    assert (outcome.status, outcome.stage, outcome.stages_run) == ("yielded", "fetch", ())
+    assert not (job.workdir / "log" / "fetch.log").exists()
+    assert not (job.workdir / "fetch").exists()
+    assert "30 s" in outcome.message
+
+
+def test_memory_guard_kills_within_two_seconds_and_the_retry_doubles_memory(tmp_path):
+    job = MousTask(UID, tmp_path / "w", "emulator", size_gb=1.0, memory_gb=0.3,
+                   options={"fail-plan": [{"class": "oom", "stage": "restore", "attempt": 1}]})
+    started = time.time()
+    outcome = run_mous(job)
+    assert (outcome.status, outcome.stage, outcome.error_class) == ("failed", "restore", "oom")
+    record = read_checkpoint(job.workdir, "fetch")
+    # The stage grows ~1 GB/s from a ~30 MB start: it crosses 0.3 GB well within a second of
+    # starting, so the whole stage (start, cross, kill) must fit in 2 s + the crossing.
+    restore_wall = time.time() - record["end"]
+    assert restore_wall < 3.0, restore_wall
+    assert time.time() - started < 10
+    retry = retry_task(job, outcome, failures_of_class=0)
+    assert (retry.attempt, retry.memory_gb) == (2, 0.6)
+    assert retry_task(job, outcome, failures_of_class=1) is None       # oom retries once
+    resumed = run_mous(retry)
+    assert resumed.status == "done" and resumed.stages_run == ("restore", "image", "export")
+
+
+@pytest.mark.parametrize("kind, status", [("download", "failed"), ("segfault", "failed"),
+                                          ("tclean", "failed"), ("casa-version", "failed")])
+def test_planned_failures_are_classified(tmp_path, kind, status):
+    job = task(tmp_path, **{"fail-plan": [{"class": kind, "stage": "image", "attempt": 1}]})
+    outcome = run_mous(job)
+    assert (outcome.status, outcome.stage, outcome.error_class) == (status, "image", kind)
+    assert outcome.stages_run == ("fetch", "restore") and outcome.log_lines
+    assert read_checkpoint(job.workdir, "image") is None
+
+
+def test_a_second_runner_on_the_same_mous_refuses_and_changes_nothing(tmp_path):
+    job = task(tmp_path, **{"fail-plan": [{"class": "walltime", "stage": "fetch"}]})
+    stop = threading.Event()
+    results: list[Outcome] = []
+    first = threading.Thread(target=lambda: results.append(run_mous(job, stop=stop)))
+    first.start()
+    log = job.workdir / "log" / "fetch.log"
+    while not (log.exists() and "emulating" in log.read_text()):
+        time.sleep(0.1)
+    before = snapshot(job.workdir)
+    second = run_mous(job, owner="another job")
+    assert (second.status, second.error_class) == ("failed", "lock")
+    assert "MOUS is locked by" in second.message
+    assert snapshot(job.workdir) == before
+    stop.set()
+    first.join(timeout=30)
+    assert (results[0].status, results[0].error_class) == ("interrupted", "walltime")
+    assert not (job.workdir / "arihpc.lock").exists()
+
+
+def snapshot(folder: Path) -> dict:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")
+            if p.is_file()}
+
+
+def stage_group(workdir: Path) -> int | None:
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if "arihpc.jobs.guard" in cmd and str(workdir) in cmd:
+            return os.getpgid(proc.pid)
+    return None
+
+
+def test_killing_the_worker_leaves_no_process_of_the_stage(tmp_path):
+    job = task(tmp_path, **{"fail-plan": [{"class": "walltime", "stage": "fetch"}]})
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        (worker_pid,) = client.run(os.getpid).values()
+        future = client.submit(run_mous, job, pure=False)
+        deadline = time.time() + 30
+        while (group := stage_group(job.workdir)) is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert group is not None
+        members = [p for p in psutil.process_iter() if _pgid(p) == group]
+        assert len(members) >= 2                     # the guard and the emulated stage
+        os.kill(worker_pid, signal.SIGKILL)
+        killed_at = time.time()
+        while any(_pgid(p) == group for p in psutil.process_iter()) and \
+                time.time() - killed_at < 5:
+            time.sleep(0.1)
+        assert not any(_pgid(p) == group for p in psutil.process_iter()), \
+            "stage processes outlived the worker by 5 s"
+        del future
+
+
+def _pgid(proc: psutil.Process) -> int | None:
+    try:
+        return os.getpgid(proc.pid)
+    except (ProcessLookupError, psutil.NoSuchProcess):
+        return None
+
+
+def test_runner_command_writes_its_outcome(tmp_path):
+    import subprocess
+    import sys
+
+    workdir = tmp_path / "w"
+    done = subprocess.run([sys.executable, "-m", "arihpc.jobs.runner", "--uid", UID,
+                           "--workdir", str(workdir), "--size-gb", "0.5"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == f"{UID}: done"
+    assert json.loads((workdir / "outcome.json").read_text())["status"] == "done"
+    bad = subprocess.run([sys.executable, "-m", "arihpc.jobs.runner", "--uid", "../x",
+                          "--workdir", str(tmp_path / "x")], capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode != 0 and "not an ALMA MOUS uid" in bad.stderr
+    assert not (tmp_path / "x").exists()
