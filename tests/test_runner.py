@@ -166,3 +166,33 @@ def test_runner_command_writes_its_outcome(tmp_path):
                          timeout=60)
     assert bad.returncode != 0 and "not an ALMA MOUS uid" in bad.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_casa_version_from_the_delivery_picks_the_installation_or_fails(tmp_path):
+    from arihpc.jobs.payloads import casa_command
+
+    delivery = tmp_path / "member.uid___A001_X87a_X706"
+    (delivery / "script").mkdir(parents=True)
+    (delivery / "script" / "member.uid___A001_X87a_X706.scriptForPI.py").write_text(
+        "import sys\nif casadef.casa_version != '4.7.2':\n    sys.exit('ERROR: PLEASE USE THE "
+        "SAME VERSION OF CASA THAT YOU USED FOR GENERATING THE SCRIPT: 4.7.2')\n")
+    site = {"4.7.2": "/opt/casa/casa-release-4.7.2-el7/bin/casa", "6.7.0.31": "pypi"}
+    job = MousTask(UID, tmp_path / "w", "casa", 1.0,
+                   options={"source": "http://127.0.0.1:1/{uid}/", "casa": site,
+                            "imaging": "6.7.0.31", "delivery": str(delivery)})
+    assert casa_command(job)[0] == "/opt/casa/casa-release-4.7.2-el7/bin/casa"
+    lacking = MousTask(UID, tmp_path / "w", "casa", 1.0, options={
+        **job.options, "casa": {"6.7.0.31": "pypi"}})
+    outcome = run_mous(lacking)
+    assert (outcome.status, outcome.error_class) == ("failed", "casa-version")
+    assert "no CASA installation for version 4.7.2: this site has 6.7.0.31" in outcome.message
+
+
+@pytest.mark.samples
+def test_the_real_mous_readme_names_no_casa_version(samples_dir, tmp_path):
+    from arihpc.jobs.casa_version import detect_casa_version
+
+    # the real README (read in place) says "the CASA version specified in the QA2 report"
+    assert detect_casa_version(samples_dir) is None
+    (tmp_path / "README.txt").write_text("CASA version: 4.2.2\n")
+    assert detect_casa_version(tmp_path)[0] == "4.2.2"

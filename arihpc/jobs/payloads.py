@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from arihpc import config
+from arihpc.jobs.casa_version import choose_installation, detect_casa_version
 from arihpc.mous import disk_name
 
 GB = 1e9
@@ -68,18 +69,40 @@ def emulator_plan(task: MousTask) -> list[StageSpec]:
     return plan
 
 
+def casa_command(task: MousTask) -> list[str]:
+    """How to start arihpc's CASA stage script with the right CASA.
+
+    ``options``: ``casa`` (the site's installations, version -> command; ``pypi`` is CASA 6
+    from PyPI in this Python), ``imaging`` (the version that images), and ``delivery`` (the
+    MOUS's archived delivery folder, whose README / scriptForPI / logs name the CASA version
+    that calibrated it). A version the site lacks raises CasaVersionError (class casa-version).
+    """
+    installations = task.options.get("casa") or {"6.7.0.31": "pypi"}
+    version = task.options.get("imaging") or next(iter(installations))
+    delivery = task.options.get("delivery")
+    found = detect_casa_version(Path(delivery)) if delivery else None
+    if found:
+        version = found[0]
+    command = choose_installation(version, installations)
+    if command == "pypi":
+        return [sys.executable, "-m", "arihpc.jobs.casa_payload"]
+    # A CASA installation runs the same script through its own Python.
+    script = Path(__file__).with_name("casa_payload.py")
+    return [command, "--nogui", "--nologger", "--agg", "-c", str(script)]
+
+
 def casa_plan(task: MousTask) -> list[StageSpec]:
     """fetch (from the archive URL or mirror template in ``options['source']``), then real
-    CASA 6: restore, image, export (arihpc.jobs.casa_payload)."""
+    CASA: restore, image, export (arihpc.jobs.casa_payload)."""
     source = task.options.get("source")
     if not source:
         raise ValueError("the casa payload needs options['source'], the archive template")
     fetch = [sys.executable, "-m", "arihpc.jobs.fetch", "--source", source,
              "--uid", disk_name(task.uid), "--dest", str(task.workdir / "fetch")]
     plan = [StageSpec("fetch", fetch, "fetch", _predicted("fetch", task), _memory_limit(task))]
+    casa = casa_command(task)
     for name in ("restore", "image", "export"):
-        argv = [sys.executable, "-m", "arihpc.jobs.casa_payload", name,
-                "--workdir", str(task.workdir), "--uid", task.uid]
+        argv = [*casa, name, "--workdir", str(task.workdir), "--uid", task.uid]
         plan.append(StageSpec(name, argv, name, _predicted(name, task), _memory_limit(task)))
     return plan
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from arihpc import config
 from arihpc.jobs import workdir as wd
+from arihpc.jobs.casa_version import CasaVersionError
 from arihpc.jobs.failures import classify, retry_policy
 from arihpc.jobs.payloads import PAYLOADS, MousTask, StageSpec
 from arihpc.jobs.process import run_process
@@ -110,7 +111,10 @@ def run_mous(task: MousTask, deadline: float | None = None, owner: str | None = 
 
 
 def _run_stages(task: MousTask, deadline: float | None, stop: threading.Event | None):
-    plan = PAYLOADS[task.payload](task)
+    try:
+        plan = PAYLOADS[task.payload](task)
+    except CasaVersionError as e:
+        return Outcome(task.uid, "failed", None, "casa-version", str(e), (str(e),))
     done: list[str] = []
     records: dict = {}
     for stage in plan[_first_to_run(task, plan):]:
