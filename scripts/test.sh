@@ -20,7 +20,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 # Debian packages the tests use (installed only when running as root with apt-get).
-DEBIAN_PACKAGES=(postgresql slurm-wlm slurm-wlm-torque munge xvfb xauth)
+DEBIAN_PACKAGES=(postgresql slurm-wlm slurm-wlm-torque munge xvfb xauth fitsverify)
 
 PG_BIN=""       # directory holding initdb, pg_ctl, createdb
 PG_TMP=""       # this run's temporary directory: data/, log, socket
@@ -160,8 +160,8 @@ setup_venv() {
     fi
     hash=$(cat setup.cfg pyproject.toml | sha256sum | cut -d ' ' -f 1)
     if [[ $(cat "$stamp" 2>/dev/null) != "$hash" ]]; then
-        say "installing arihpc[test] into .venv"
-        .venv/bin/python -m pip install -q -e '.[test]'
+        say "installing arihpc[test,casa] into .venv"
+        .venv/bin/python -m pip install -q -e '.[test,casa]'
         echo "$hash" >"$stamp"
     fi
     exec 9>&-
