@@ -67,10 +67,10 @@ def test_memory_guard_kills_within_two_seconds_and_the_retry_doubles_memory(tmp_
     outcome = run_mous(job)
     assert (outcome.status, outcome.stage, outcome.error_class) == ("failed", "restore", "oom")
     record = read_checkpoint(job.workdir, "fetch")
-    # The stage grows ~1 GB/s from a ~30 MB start: it crosses 0.3 GB well within a second of
-    # starting, so the whole stage (start, cross, kill) must fit in 2 s + the crossing.
+    # The stage grows ~1 GB/s once started (~0.2 s of Python start-up): it crosses 0.3 GB
+    # about 0.5 s in, so start + crossing + kill within 2 s of crossing is under 2.5 s.
     restore_wall = time.time() - record["end"]
-    assert restore_wall < 3.0, restore_wall
+    assert restore_wall < 2.5, restore_wall
     assert time.time() - started < 10
     retry = retry_task(job, outcome, failures_of_class=0)
     assert (retry.attempt, retry.memory_gb) == (2, 0.6)
@@ -196,3 +196,35 @@ def test_the_real_mous_readme_names_no_casa_version(samples_dir, tmp_path):
     assert detect_casa_version(samples_dir) is None
     (tmp_path / "README.txt").write_text("CASA version: 4.2.2\n")
     assert detect_casa_version(tmp_path)[0] == "4.2.2"
+
+
+def test_a_stage_timeout_ends_the_whole_group(tmp_path):
+    from arihpc.jobs.process import run_process
+
+    started = time.time()
+    result = run_process(["sh", "-c", "sleep 30 & sleep 30"], cwd=tmp_path,
+                         log_path=tmp_path / "t.log", timeout_s=1)
+    assert result.killed_for == "timeout" and time.time() - started < 8
+    assert not [p for p in psutil.process_iter(["cmdline"])
+                if p.info["cmdline"] == ["sleep", "30"] and p.ppid() in (1, os.getpid())]
+
+
+def test_a_404_from_the_archive_is_class_download_with_the_url(tmp_path):
+    import http.server
+    from functools import partial
+
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    os.environ["no_proxy"] = "127.0.0.1,localhost"
+    try:
+        source = f"http://127.0.0.1:{server.server_address[1]}/{{uid}}/"
+        job = MousTask(UID, tmp_path / "w", "casa", 1.0, options={"source": source})
+        outcome = run_mous(job)
+    finally:
+        server.shutdown()
+    assert (outcome.status, outcome.stage, outcome.error_class) == ("failed", "fetch",
+                                                                    "download")
+    assert source.replace("{uid}", "uid___A001_X87a_X706") in outcome.message
+    assert "404" in outcome.message
