@@ -1,0 +1,102 @@
+"""Predict a MOUS's run time and peak memory from its raw size, and route it to a site.
+
+The model is linear in log-log space (the ARI study: run time grows as a power of raw size):
+``log10(y) = intercept + slope * log10(size_gb)``. Until the campaign has enough finished
+attempts, the defaults in ``arihpc.planning`` (median MOUS 13 GB, median run 7 h) are used;
+``fit`` replaces them with a least-squares fit on the campaign's own history.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from arihpc import config
+
+
+@dataclass(frozen=True)
+class PowerLaw:
+    """y = 10**intercept * size_gb**slope, fitted on ``points`` runs (0: the defaults)."""
+
+    intercept: float
+    slope: float
+    points: int = 0
+
+    def __call__(self, size_gb: float) -> float:
+        return 10 ** self.intercept * max(size_gb, 1e-3) ** self.slope
+
+    @classmethod
+    def through(cls, size_gb: float, value: float, slope: float) -> "PowerLaw":
+        """The power law of this slope through one point (e.g. the study's medians)."""
+        return cls(math.log10(value) - slope * math.log10(size_gb), slope)
+
+
+def default_models() -> tuple[PowerLaw, PowerLaw]:
+    """(run time in hours, peak memory in GB) from arihpc.planning in arihpc.yaml."""
+    get = config.get
+    median = float(get("planning.median-size-gb"))
+    runtime = PowerLaw.through(median, float(get("planning.median-runtime-h")),
+                               float(get("planning.runtime-slope")))
+    memory = PowerLaw.through(median, float(get("planning.median-memory-gb")),
+                              float(get("planning.memory-slope")))
+    return runtime, memory
+
+
+def fit(sizes_gb: Sequence[float], values: Sequence[float], fallback: PowerLaw) -> PowerLaw:
+    """Least squares in log-log space; the fallback until there are enough distinct sizes."""
+    pairs = [(s, v) for s, v in zip(sizes_gb, values) if s and v and s > 0 and v > 0]
+    if len(pairs) < int(config.get("planning.min-history")) or \
+            len({round(math.log10(s), 3) for s, _ in pairs}) < 2:
+        return fallback
+    x = np.log10([s for s, _ in pairs])
+    y = np.log10([v for _, v in pairs])
+    slope, intercept = np.polyfit(x, y, 1)
+    return PowerLaw(float(intercept), float(slope), len(pairs))
+
+
+@dataclass(frozen=True)
+class Prediction:
+    runtime_h: float
+    memory_gb: float
+
+
+def predict(size_gb: float | None, runtime: PowerLaw, memory: PowerLaw) -> Prediction:
+    """Run time and peak memory of a MOUS; an unknown size counts as the median size."""
+    size = size_gb if size_gb else float(config.get("planning.median-size-gb"))
+    return Prediction(runtime(size), max(float(config.get("planning.min-memory-gb")),
+                                         memory(size)))
+
+
+@dataclass(frozen=True)
+class Route:
+    site: str
+    node_class: str
+    jobs: int            # batch jobs the MOUS needs (it resumes across walltime cuts)
+
+
+def route(size_gb: float | None, prediction: Prediction, sites: Iterable) -> Route | None:
+    """The first site (and its smallest fitting node class) that takes this MOUS, or None.
+
+    ``sites`` are SiteProfile objects: their size routing, node classes' memory and
+    largest-MOUS limits decide; the walltime decides how many jobs the MOUS needs.
+    """
+    size = size_gb or 0.0
+    for site in sites:
+        if size < site.min_size_gb or (site.max_size_gb is not None and size > site.max_size_gb):
+            continue
+        fitting = [c for c in site.node_classes if c.job_memory_gb >= prediction.memory_gb
+                   and (c.max_size_gb is None or size <= c.max_size_gb)]
+        if not fitting:
+            continue
+        chosen = min(fitting, key=lambda c: c.job_memory_gb)
+        usable_h = (site.walltime_s - site.drain_margin_s) / 3600
+        return Route(site.name, chosen.name, max(1, math.ceil(prediction.runtime_h / usable_h)))
+    return None
+
+
+def campaign_hours(predictions: Iterable[Prediction], slots: int) -> float:
+    """Wall-clock hours to run these MOUS on ``slots`` MOUS slots kept busy."""
+    return sum(p.runtime_h for p in predictions) / max(1, slots)
