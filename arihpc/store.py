@@ -23,9 +23,22 @@ from arihpc.errors import StoreError
 from arihpc.mous import FIELDS, MousRecord, from_columns, to_columns
 from arihpc.selection import Verdict
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = sa.MetaData()
+
+# Columns of the campaign's progress added in schema version 2 (name, type).
+CAMPAIGN_COLUMNS = (
+    ("site", sa.String(64)),            # the site that claimed it
+    ("owner", sa.String(128)),          # the orchestrator that claimed it
+    ("error_class", sa.String(32)),     # last failure class
+    ("memory_gb", sa.Float),            # memory its next attempt asks for
+    ("next_stage", sa.String(16)),      # where its next attempt starts
+    ("not_before", sa.Float),           # a retry waits until then
+    ("updated_at", sa.Float),
+)
+# version -> columns of mous it added (older stores are upgraded in place, data kept)
+MIGRATIONS = {2: CAMPAIGN_COLUMNS}
 
 meta = sa.Table(
     "arihpc_meta", metadata,
@@ -59,6 +72,7 @@ mous = sa.Table(
     sa.Column("decided_at", sa.Float),
     # campaign progress: written by the orchestrator only
     sa.Column("state", sa.String(16), nullable=False, server_default="new"),
+    *[sa.Column(*args) for args in CAMPAIGN_COLUMNS],
 )
 
 attempts = sa.Table(
@@ -181,8 +195,21 @@ class Store:
                     raise StoreError(f"store {self.engine.url!r} has schema version {found}, "
                                      f"newer than this arihpc understands ({SCHEMA_VERSION}): "
                                      "upgrade arihpc")
+                elif int(found) < SCHEMA_VERSION:
+                    self._migrate(conn, int(found))
         except sa.exc.OperationalError as e:
             raise StoreError(f"cannot open store {self.engine.url!r}: {e.orig}") from e
+
+    @staticmethod
+    def _migrate(conn: Connection, found: int) -> None:
+        """Upgrade an older store in place: add the columns later versions brought."""
+        preparer = conn.dialect.identifier_preparer
+        for version in range(found + 1, SCHEMA_VERSION + 1):
+            for name, kind in MIGRATIONS.get(version, ()):
+                ddl = sa.types.to_instance(kind).compile(dialect=conn.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE mous ADD COLUMN {preparer.quote(name)} {ddl}")
+        conn.execute(meta.update().where(meta.c.key == "schema_version").values(
+            value=str(SCHEMA_VERSION)))
 
     # --- events ---
 

@@ -136,3 +136,26 @@ def test_large_import_in_one_transaction(store):
     assert (summary.updated, summary.inserted) == (700, 0)
     assert store.count() == 1200
     assert store.record("uid://A001/X2/X3").antennas == 40
+
+
+def test_a_version_1_store_is_upgraded_in_place(store_url):
+    from arihpc.store import CAMPAIGN_COLUMNS
+
+    engine = sa.create_engine(store_url)
+    old = sa.MetaData()
+    keep = [c._copy() for c in mous.columns if c.name not in dict(CAMPAIGN_COLUMNS)]
+    sa.Table("mous", old, *keep)
+    sa.Table("arihpc_meta", old, *[c._copy() for c in meta.columns])
+    old.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO arihpc_meta (key, value) VALUES ('schema_version', '1')"))
+        conn.execute(sa.text("INSERT INTO mous (uid, qa2, imported_at, state) "
+                             "VALUES ('uid://A001/X1/X1', 'PASS', 1.0, 'new')"))
+    engine.dispose()
+    store = Store.open(store_url)
+    assert store.record("uid://A001/X1/X1").qa2 == "PASS"
+    with store.engine.connect() as conn:
+        version = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version"))
+        assert int(version.scalar()) == SCHEMA_VERSION
+        assert conn.execute(sa.select(mous.c.site, mous.c.memory_gb)).one() == (None, None)
+    store.close()
