@@ -51,7 +51,8 @@ def _predicted(stage: str, task: MousTask) -> float:
 
 def emulator_plan(task: MousTask) -> list[StageSpec]:
     """Four emulated stages; ``options``: cpu-s-per-gb, memory-mb-per-gb, output-mb-per-gb,
-    and fail-plan, a list of {class, stage, attempt} that makes that stage fail that way."""
+    and fail-plan, a list of {class, stage, attempt, uid (optional)} that makes that stage
+    fail that way."""
     options = task.options
     cpu = float(options.get("cpu-s-per-gb", 0.1))
     plan = []
@@ -62,7 +63,8 @@ def emulator_plan(task: MousTask) -> list[StageSpec]:
                 "--memory-mb-per-gb", str(options.get("memory-mb-per-gb", 5)),
                 "--output-mb-per-gb", str(options.get("output-mb-per-gb", 0.1))]
         for planned in options.get("fail-plan", []):
-            if planned["stage"] == name and int(planned.get("attempt", 1)) == task.attempt:
+            if planned["stage"] == name and int(planned.get("attempt", 1)) == task.attempt \
+                    and planned.get("uid", task.uid) == task.uid:
                 argv += ["--fail", planned["class"]]
         predicted = float(options.get("predicted-s", cpu * (task.size_gb or 1) + 1))
         plan.append(StageSpec(name, argv, name, predicted, _memory_limit(task)))

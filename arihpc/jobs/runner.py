@@ -96,6 +96,7 @@ def run_mous(task: MousTask, deadline: float | None = None, owner: str | None = 
              stop: threading.Event | None = None) -> Outcome:
     """Run the stages of one MOUS that are not done yet; never two runners at once."""
     disk_name(task.uid)             # a uid names a path only once validated
+    task = replace(task, workdir=task.workdir.resolve())    # stages run inside it
     task.workdir.mkdir(parents=True, exist_ok=True)
     owner = owner or os.environ.get("ARIHPC_BATCH_JOB") or f"pid {os.getpid()}"
     lock = wd.MousLock(task.workdir, owner, float(config.get("runner.lock-refresh-s")),
@@ -135,7 +136,24 @@ def _run_stages(task: MousTask, deadline: float | None, stop: threading.Event | 
             "outputs": wd.output_sizes(task.workdir, stage.output_folder)}
         wd.write_checkpoint(task.workdir, stage.name, records[stage.name])
         done.append(stage.name)
+    # Every checkpoint, also those of earlier jobs whose outcome never reached the store
+    # (an orchestrator killed meanwhile): the store records each stage once, by start time.
+    records = {s.name: wd.read_checkpoint(task.workdir, s.name) for s in plan}
     return Outcome(task.uid, "done", None, None, None, (), tuple(done), records)
+
+
+def run_in_worker(task: MousTask) -> dict:
+    """run_mous inside a dask worker of a batch job: the job's deadline bounds every stage.
+
+    Returns the outcome with the worker's address and batch job, so the orchestrator can
+    retire a worker that could fit no more work.
+    """
+    from distributed import get_worker
+
+    deadline = os.environ.get("ARIHPC_DEADLINE")
+    outcome = run_mous(task, float(deadline) if deadline else None)
+    return {**asdict(outcome), "worker": get_worker().address,
+            "batch_job": os.environ.get("ARIHPC_BATCH_JOB")}
 
 
 def retry_task(task: MousTask, outcome: Outcome, failures_of_class: int) -> MousTask | None:

@@ -81,7 +81,8 @@ class MousLock:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             holder = self._holder()
-            if time.time() - holder.get("refreshed", 0) < self.stale_s:
+            if time.time() - holder.get("refreshed", 0) < self.stale_s and \
+                    not self._holder_dead(holder):
                 raise MousLocked(f"arihpc: MOUS is locked by {holder.get('owner')} on "
                                  f"{holder.get('host')} (pid {holder.get('pid')})") from None
             self.path.unlink(missing_ok=True)   # its runner died: refreshes stopped
@@ -90,6 +91,19 @@ class MousLock:
             json.dump(self._record(), f)
         self._thread = threading.Thread(target=self._refresh, daemon=True)
         self._thread.start()
+
+    @staticmethod
+    def _holder_dead(holder: dict) -> bool:
+        """A holder on this host whose process is gone (a killed worker) holds nothing."""
+        if holder.get("host") != socket.gethostname() or not holder.get("pid"):
+            return False
+        try:
+            os.kill(int(holder["pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
 
     def _holder(self) -> dict:
         try:

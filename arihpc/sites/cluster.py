@@ -22,6 +22,7 @@ from distributed.core import Status
 
 from arihpc.errors import CommandError, ProfileError
 from arihpc.sites import local, pbspro, slurm, torque
+from arihpc.sites.batch import JobState, read_queue
 from arihpc.sites.profile import NodeClass, SiteProfile
 
 # batch system -> the thin module that knows it
@@ -177,6 +178,30 @@ class SiteCluster:
             raise submission_error(e, getattr(self.cluster.job_cls, "submit_command", "")) \
                 from None
         return count
+
+    def keep_jobs(self, wanted: dict[str, int]) -> None:
+        """Top up each node class to ``wanted`` live jobs (never past max-jobs), after
+        forgetting the jobs that ended (walltime, --lifetime, retired workers)."""
+        self._forget_ended()
+        for name, count in wanted.items():
+            live = sum(1 for spec in self.cluster.worker_spec if spec.startswith(
+                f"{self.profile.name}-{name}-"))
+            if count > live:
+                self.add_jobs(count - live, name)
+
+    def _forget_ended(self) -> None:
+        if self.profile.batch_system == "local":
+            ended = [n for n, w in self.cluster.workers.items()
+                     if w.status in (Status.closed, Status.failed)]
+        else:
+            alive = {job.job_id for job in read_queue(self.profile)
+                     if job.state in (JobState.PENDING, JobState.RUNNING)}
+            ended = [n for n, job in self.cluster.workers.items()
+                     if getattr(job, "job_id", None) and job.job_id not in alive]
+        for name in ended:
+            self.cluster.worker_spec.pop(name, None)
+            job = self.cluster.workers.pop(name)
+            job.status = Status.closed          # gone already: nothing to cancel
 
     def _withdraw(self, names: list[str]) -> None:
         """Cancel every job of a failed submission: nothing stays half-submitted."""

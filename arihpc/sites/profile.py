@@ -21,6 +21,7 @@ from arihpc.errors import ProfileError
 
 BATCH_SYSTEMS = ("slurm", "torque", "pbspro", "local")
 STORAGE_KINDS = ("lustre", "nfs", "local")
+PAYLOADS = ("casa", "emulator")
 GB = 1e9
 
 # Where profiles are looked up by name, in order.
@@ -77,6 +78,8 @@ class SiteProfile:
     node_classes: tuple[NodeClass, ...]
     casa: dict[str, str]
     casa_imaging: str
+    payload: str = "casa"
+    archive: str | None = None
 
     def node_class(self, name: str | None = None) -> NodeClass:
         """The named node class (default: the first one)."""
@@ -273,7 +276,9 @@ def _build(reader: _Reader, name: str, fields: dict) -> SiteProfile:
         storage=_storage(reader, fields["storage"], dict(config.get("site.storage"))),
         node_classes=tuple(_node_class(reader, str(n), v, node_defaults)
                            for n, v in classes.items()),
-        casa=casa, casa_imaging=imaging)
+        casa=casa, casa_imaging=imaging,
+        payload=_choice(reader, "payload", fields["payload"], PAYLOADS),
+        archive=fields["archive"])
 
 
 def _hms(seconds: int) -> str:

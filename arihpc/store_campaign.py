@@ -1,0 +1,179 @@
+"""The campaign's progress in the store: claims, attempts, stages, recovery, status.
+
+Only the orchestrator writes these (workers report through dask). A claim is exclusive: on
+PostgreSQL the candidate rows are locked with ``FOR UPDATE SKIP LOCKED``, and on both
+databases the claim is a conditional update, so two orchestrators never take the same MOUS.
+
+MOUS states: new (never claimed, or given back) -> queued (claimed by a site) -> running
+-> done | failed (final) | waiting (a retry after not_before) | cancelled.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from arihpc.store import Store, attempts, mous, stages
+
+ACTIVE = ("queued", "running")
+
+
+@dataclass(frozen=True)
+class Claim:
+    uid: str
+    priority: int
+    size_bytes: int | None
+    memory_gb: float | None
+    attempts: int
+
+
+class CampaignStore(Store):
+    """Store plus the orchestrator's writes."""
+
+    def claim(self, site: str, owner: str, limit: int) -> list[Claim]:
+        """Take up to ``limit`` claimable MOUS, highest priority first."""
+        if limit <= 0:
+            return []
+        now = time.time()
+        claimable = sa.or_(mous.c.state == "new",
+                           sa.and_(mous.c.state == "waiting", mous.c.not_before <= now))
+        query = (sa.select(mous.c.uid, mous.c.priority, mous.c.size_bytes, mous.c.memory_gb)
+                 .where(mous.c.selected.is_(True), claimable)
+                 .order_by(mous.c.priority, mous.c.uid).limit(limit))
+        claimed = []
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            for row in conn.execute(query).all():
+                taken = conn.execute(mous.update().where(mous.c.uid == row.uid, claimable)
+                                     .values(state="queued", site=site, owner=owner,
+                                             updated_at=now))
+                if taken.rowcount == 1:     # nobody took it between our select and update
+                    claimed.append(Claim(row.uid, row.priority, row.size_bytes,
+                                         row.memory_gb, self._attempts(conn, row.uid)))
+                    self._event(conn, "claim", row.uid, site=site, owner=owner)
+        return claimed
+
+    @staticmethod
+    def _attempts(conn, uid: str) -> int:
+        return conn.execute(sa.select(sa.func.count()).select_from(attempts)
+                            .where(attempts.c.uid == uid)).scalar_one()
+
+    def start_attempt(self, uid: str, site: str, memory_gb: float | None) -> int:
+        with self.engine.begin() as conn:
+            attempt = conn.execute(attempts.insert().values(
+                uid=uid, site=site, started_at=time.time(), memory_gb=memory_gb)
+            ).inserted_primary_key[0]
+            conn.execute(mous.update().where(mous.c.uid == uid).values(
+                state="running", updated_at=time.time()))
+        return attempt
+
+    def finish_attempt(self, attempt: int, result: dict, state: str,
+                       memory_gb: float | None = None, not_before: float | None = None) -> None:
+        """Record an attempt's outcome and stages, and move its MOUS to ``state``."""
+        uid = result["uid"]
+        with self.engine.begin() as conn:
+            conn.execute(attempts.update().where(attempts.c.id == attempt).values(
+                ended_at=time.time(), outcome=result["status"],
+                error_class=result.get("error_class"), message=result.get("message"),
+                batch_job=result.get("batch_job"), worker=result.get("worker")))
+            known = set(conn.execute(sa.select(stages.c.stage, stages.c.started_at)
+                                     .where(stages.c.uid == uid)).all())
+            for record in result.get("records", {}).values():
+                if (record["stage"], record["start"]) in known:
+                    continue        # recorded when its own attempt ended
+                conn.execute(stages.insert().values(
+                    attempt_id=attempt, uid=uid, stage=record["stage"],
+                    started_at=record["start"], ended_at=record["end"],
+                    wall_s=record["wall_s"], cpu_s=record["cpu_s"],
+                    peak_rss=record["peak_rss"], outputs=json.dumps(record["outputs"]),
+                    status="done"))
+            conn.execute(mous.update().where(mous.c.uid == uid).values(
+                state=state, error_class=result.get("error_class"),
+                next_stage=result.get("stage"), memory_gb=memory_gb, not_before=not_before,
+                updated_at=time.time()))
+            self._event(conn, "attempt", uid, attempt=attempt, outcome=result["status"],
+                        error_class=result.get("error_class"), state=state)
+
+    def failures_of_class(self, uid: str, error_class: str) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(attempts).where(
+                attempts.c.uid == uid, attempts.c.outcome == "failed",
+                attempts.c.error_class == error_class)).scalar_one()
+
+    def recover(self, site: str) -> int:
+        """After an orchestrator of this site died: close its open attempts as lost and give
+        its claimed MOUS back; their checkpoints make the next attempt resume. Returns count."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            conn.execute(attempts.update().where(attempts.c.site == site,
+                                                 attempts.c.ended_at.is_(None))
+                         .values(ended_at=now, outcome="lost"))
+            given = conn.execute(mous.update().where(mous.c.site == site,
+                                                     mous.c.state.in_(ACTIVE))
+                                 .values(state="new", owner=None, updated_at=now)).rowcount
+            if given:
+                self._event(conn, "recover", site=site, mous=given)
+        return given
+
+    def set_state(self, uids: list[str] | None, state: str, where_states: tuple[str, ...],
+                  error_class: str | None = None) -> int:
+        """Move MOUS (all, or the given uids) that are in ``where_states`` to ``state``."""
+        query = mous.update().where(mous.c.state.in_(where_states))
+        if uids is not None:
+            query = query.where(mous.c.uid.in_(uids))
+        if error_class is not None:
+            query = query.where(mous.c.error_class == error_class)
+        with self.engine.begin() as conn:
+            changed = conn.execute(query.values(state=state, not_before=None,
+                                                updated_at=time.time())).rowcount
+            self._event(conn, "set-state", state=state, mous=changed, uids=uids)
+        return changed
+
+    def next_retry_at(self) -> float | None:
+        """When the earliest waiting retry may be claimed (None: no retry waits)."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.min(mous.c.not_before)).where(
+                mous.c.state == "waiting")).scalar()
+
+    def history(self) -> tuple[list[float], list[float], list[float]]:
+        """Raw size (GB), run time (h) and peak memory (GB) of every MOUS done so far."""
+        query = (sa.select(mous.c.size_bytes, sa.func.sum(stages.c.wall_s),
+                           sa.func.max(stages.c.peak_rss))
+                 .join(stages, stages.c.uid == mous.c.uid)
+                 .where(mous.c.state == "done", mous.c.size_bytes.is_not(None))
+                 .group_by(mous.c.uid, mous.c.size_bytes))
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return ([r[0] / 1e9 for r in rows], [r[1] / 3600 for r in rows],
+                [r[2] / 1e9 for r in rows])
+
+    def remaining(self) -> int:
+        """Selected MOUS not yet done, failed or cancelled."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(mous).where(
+                mous.c.selected.is_(True),
+                mous.c.state.not_in(("done", "failed", "cancelled")))).scalar_one()
+
+    def status(self) -> dict:
+        """Counts by state, by site and by failure class, and the MOUS running now."""
+        with self.engine.connect() as conn:
+            def counts(*columns, where=sa.true()):
+                rows = conn.execute(sa.select(*columns, sa.func.count()).where(where)
+                                    .group_by(*columns)).all()
+                return {"/".join(str(v) for v in row[:-1]): row[-1] for row in rows}
+            running = conn.execute(sa.select(mous.c.uid, mous.c.site, mous.c.next_stage)
+                                   .where(mous.c.state.in_(ACTIVE)).order_by(mous.c.uid)).all()
+            return {
+                "states": counts(mous.c.state, where=mous.c.selected.is_(True)),
+                "excluded": conn.execute(sa.select(sa.func.count()).select_from(mous).where(
+                    mous.c.selected.is_(False))).scalar_one(),
+                "sites": counts(mous.c.site, mous.c.state, where=mous.c.site.is_not(None)),
+                "failure_classes": counts(attempts.c.error_class,
+                                          where=attempts.c.error_class.is_not(None)),
+                "running": [{"uid": r.uid, "site": r.site, "stage": r.next_stage}
+                            for r in running],
+            }
