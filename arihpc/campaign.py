@@ -81,8 +81,12 @@ class Orchestrator:
                     break
                 stop.wait(min(max(0.0, retry_at - time.time()), 5.0))   # a retry backs off
                 continue
-            self.cluster.keep_jobs(self._jobs_wanted())
-            finished, _ = wait(list(self.running), timeout=1, return_when="FIRST_COMPLETED")
+            self.cluster.keep_jobs(self._jobs_wanted(), self._busy_workers())
+            try:
+                finished, _ = wait(list(self.running), timeout=1,
+                                   return_when="FIRST_COMPLETED")
+            except TimeoutError:            # dask's wait raises when nothing finished
+                finished = []
             for future in finished:
                 self._settle(future, self.running.pop(future))
             self.progress(self.tally)
@@ -127,6 +131,11 @@ class Orchestrator:
                                     priority=-claim.priority, pure=False,
                                     resources={"slots": 1, "memory_gb": memory_gb})
         self.running[future] = Running(claim, task, node_class.name, number)
+
+    def _busy_workers(self) -> set[str]:
+        processing = self.client.processing()
+        workers = self.client.scheduler_info()["workers"]
+        return {info["name"] for address, info in workers.items() if processing.get(address)}
 
     def _jobs_wanted(self) -> dict[str, int]:
         wanted: dict[str, int] = {}

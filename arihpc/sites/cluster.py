@@ -179,15 +179,26 @@ class SiteCluster:
                 from None
         return count
 
-    def keep_jobs(self, wanted: dict[str, int]) -> None:
+    def keep_jobs(self, wanted: dict[str, int], busy: set[str] = frozenset()) -> None:
         """Top up each node class to ``wanted`` live jobs (never past max-jobs), after
-        forgetting the jobs that ended (walltime, --lifetime, retired workers)."""
+        forgetting the jobs that ended (walltime, --lifetime, retired workers). ``busy``:
+        names of workers running a task, which are never the ones to make way."""
         self._forget_ended()
+        live = {c.name: [s for s in self.cluster.worker_spec
+                         if s.startswith(f"{self.profile.name}-{c.name}-")]
+                for c in self.profile.node_classes}
+        short = sum(max(0, n - len(live.get(name, []))) for name, n in wanted.items())
+        room = self.profile.max_jobs - self.jobs
+        # At the job limit, jobs of a class nobody waits for make way for one that is needed.
+        for name, specs in live.items():
+            idle = [s for s in specs if s not in busy]
+            surplus = idle[:max(0, len(specs) - wanted.get(name, 0))]
+            while surplus and short > room:
+                self.cluster.worker_spec.pop(surplus.pop())
+                room += 1
         for name, count in wanted.items():
-            live = sum(1 for spec in self.cluster.worker_spec if spec.startswith(
-                f"{self.profile.name}-{name}-"))
-            if count > live:
-                self.add_jobs(count - live, name)
+            if count > len(live.get(name, [])):
+                self.add_jobs(count - len(live.get(name, [])), name)
 
     def _forget_ended(self) -> None:
         if self.profile.batch_system == "local":

@@ -1,0 +1,140 @@
+"""The orchestrator on the local site with the emulated payload: order, retries, kill -9."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dask.config
+import pytest
+import sqlalchemy as sa
+from distributed import Client
+from helpers import run
+
+from arihpc.campaign import Orchestrator
+from arihpc.jobs.workdir import read_checkpoint
+from arihpc.mous import disk_name
+from arihpc.sites.cluster import SiteCluster
+from arihpc.sites.profile import load_profile
+from arihpc.store import attempts, stages
+from arihpc.store_campaign import CampaignStore
+
+STAGES = ("fetch", "restore", "image", "export")
+SETTINGS = {"arihpc.planning.median-memory-gb": 0.4, "arihpc.planning.min-memory-gb": 0.1,
+            "arihpc.failures.retry.download": {"retries": 2, "backoff-s": 0.05},
+            "arihpc.failures.retry.lock": {"retries": 3, "backoff-s": 1}}
+CONFIG_FILE = ("arihpc:\n  planning:\n    median-memory-gb: 0.4\n    min-memory-gb: 0.1\n"
+               "  failures:\n    retry:\n      download: {retries: 2, backoff-s: 0.05}\n"
+               "      lock: {retries: 3, backoff-s: 1}\n")
+
+
+@pytest.fixture(autouse=True)
+def small_memory_model():
+    with dask.config.set(SETTINGS):
+        yield
+
+
+def campaign(tmp_path: Path, count: int) -> tuple[str, list[str]]:
+    """A store with ``count`` selected MOUS of mixed tier and cycle."""
+    lines = ["Member ous id\tProject code\tQA2 Status\tArray"]
+    uids = [f"uid://A001/X20/X{i:x}" for i in range(1, count + 1)]
+    for i, uid in enumerate(uids):
+        year = (2013, 2015, 2016)[i % 3]
+        lines.append(f"{uid}\t{year}.1.{i:05d}.S\t{'SEMIPASS' if i % 4 == 3 else 'PASS'}\t12m")
+    (tmp_path / "aq.tsv").write_text("\n".join(lines) + "\n")
+    url = f"sqlite:///{tmp_path}/campaign.db"
+    assert run(url, "catalog", "import", tmp_path / "aq.tsv").exit_code == 0
+    assert run(url, "select").exit_code == 0
+    return url, uids
+
+
+def site_profile(tmp_path: Path, classes: str, max_jobs: int):
+    path = tmp_path / "site.yaml"
+    path.write_text(f"batch-system: local\nmax-jobs: {max_jobs}\nx11: false\n"
+                    f"node-classes:\n{classes}"
+                    f"storage: {{kind: local, work-dir: {tmp_path}/work, scratch: /tmp}}\n"
+                    "casa: {imaging: '6.7.0.31', installations: {'6.7.0.31': pypi}}\n"
+                    "payload: emulator\n")
+    return load_profile(str(path))
+
+
+def orchestrate(url: str, profile, options: dict) -> CampaignStore:
+    store = CampaignStore.open(url)
+    with SiteCluster.start(profile) as cluster, Client(cluster.cluster) as client:
+        Orchestrator(store, profile, cluster, client, "emulator", options,
+                     Path(profile.storage.work_dir)).run(threading.Event())
+    return store
+
+
+def test_with_one_slot_mous_start_in_queue_order(tmp_path):
+    url, uids = campaign(tmp_path, 6)
+    queue = [row["uid"] for row in json.loads(run(url, "queue", "--format", "json").stdout)]
+    profile = site_profile(tmp_path, "  one: {cores: 1, memory: 1GB}\n", max_jobs=1)
+    store = orchestrate(url, profile, {"cpu-s-per-gb": 0.02})
+    with store.engine.connect() as conn:
+        started = [r.uid for r in conn.execute(sa.select(attempts.c.uid)
+                                               .order_by(attempts.c.started_at))]
+    assert started == queue and len(queue) == 6
+    assert store.status()["states"] == {"done": 6}
+
+
+def test_injected_failures_are_retried_or_not_by_class(tmp_path):
+    url, uids = campaign(tmp_path, 5)
+    download, oom, version = uids[0], uids[1], uids[2]
+    plan = [{"uid": download, "class": "download", "stage": "fetch", "attempt": 1},
+            {"uid": download, "class": "download", "stage": "fetch", "attempt": 2},
+            {"uid": oom, "class": "oom", "stage": "restore", "attempt": 1},
+            {"uid": version, "class": "casa-version", "stage": "restore", "attempt": 1}]
+    profile = site_profile(tmp_path, "  small: {cores: 1, memory: 0.5GB}\n"
+                                     "  large: {cores: 1, memory: 2GB}\n", max_jobs=2)
+    store = orchestrate(url, profile, {"cpu-s-per-gb": 0.02, "fail-plan": plan})
+    report = store.status()
+    assert report["states"] == {"done": 4, "failed": 1}
+    assert {k: v for k, v in report["failure_classes"].items() if k != "lock"} == {
+        "download": 2, "oom": 1, "casa-version": 1}
+    with store.engine.connect() as conn:
+        tries = {u: [(r.outcome, r.error_class, r.memory_gb) for r in conn.execute(
+            sa.select(attempts).where(attempts.c.uid == u).order_by(attempts.c.id))]
+            for u in (download, oom, version)}
+    assert [t[0] for t in tries[download]] == ["failed", "failed", "done"]
+    # the oom retry asked twice the memory: more than the small class has, so the large one
+    assert tries[oom][0] == ("failed", "oom", 0.4) and tries[oom][-1] == ("done", None, 0.8)
+    assert tries[version] == [("failed", "casa-version", 0.4)]          # never retried
+    status = run(url, "status").stdout
+    assert "casa-version 1, download 2" in status and "oom 1" in status
+
+
+def test_kill_9_of_the_orchestrator_loses_nothing_and_runs_no_stage_twice(tmp_path):
+    url, uids = campaign(tmp_path, 5)
+    (tmp_path / "site.yaml").unlink(missing_ok=True)
+    site_profile(tmp_path, "  one: {cores: 1, memory: 1GB}\n", max_jobs=1)
+    (tmp_path / "c.yaml").write_text(CONFIG_FILE)
+    command = [sys.executable, "-m", "arihpc.cli", "--store", url, "--config",
+               str(tmp_path / "c.yaml"), "run", "--site", str(tmp_path / "site.yaml"),
+               "--payload-options", json.dumps({"cpu-s-per-gb": 0.6})]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             start_new_session=True)
+    store = CampaignStore.open(url)
+    deadline = time.time() + 120
+    while store.status()["states"].get("done", 0) < 2 and time.time() < deadline:
+        time.sleep(0.5)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    time.sleep(6)           # its worker notices and takes its stage down with it
+    second = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "recovered" in second.stdout
+    assert store.status()["states"] == {"done": 5}
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.select(stages.c.uid, stages.c.stage, stages.c.started_at)).all()
+    assert len(rows) == 5 * len(STAGES)                     # every stage recorded once
+    for uid in uids:
+        for stage in STAGES:
+            check = read_checkpoint(tmp_path / "work" / disk_name(uid), stage)
+            assert (uid, stage, check["start"]) in set(rows)
+            log = (tmp_path / "work" / disk_name(uid) / "log" / f"{stage}.log").read_text()
+            assert log.count(f"stage {stage} done") == 1    # no stage completed twice
