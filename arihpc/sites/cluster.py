@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Callable
 
+import dask.config
 from distributed.core import Status
 
 from arihpc.errors import CommandError, ProfileError
@@ -154,7 +155,11 @@ class SiteCluster:
     @classmethod
     def start(cls, profile: SiteProfile, dashboard_address: str = ":0") -> "SiteCluster":
         """Start the scheduler (no job is submitted yet)."""
-        return cls(profile, BACKENDS[profile.batch_system].start(profile, dashboard_address))
+        # Work stealing may start a task on a second worker while the first still runs it;
+        # a MOUS runs for hours, so where it queues first is where it runs.
+        with dask.config.set({"distributed.scheduler.work-stealing": False}):
+            started = BACKENDS[profile.batch_system].start(profile, dashboard_address)
+        return cls(profile, started)
 
     @property
     def jobs(self) -> int:
