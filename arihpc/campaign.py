@@ -87,8 +87,12 @@ class Orchestrator:
                                    return_when="FIRST_COMPLETED")
             except TimeoutError:            # dask's wait raises when nothing finished
                 finished = []
+            # Fetch every result before any worker is retired: a result lost with its worker
+            # would make dask run the MOUS again.
+            results = {future: self._result(future) for future in finished}
             for future in finished:
-                self._settle(future, self.running.pop(future))
+                self._settle(self.running.pop(future), results[future])
+                future.release()
             self.progress(self.tally)
         if stop.is_set():
             self._abandon()
@@ -133,9 +137,10 @@ class Orchestrator:
         self.running[future] = Running(claim, task, node_class.name, number)
 
     def _busy_workers(self) -> set[str]:
-        processing = self.client.processing()
+        processing, holding = self.client.processing(), self.client.has_what()
         workers = self.client.scheduler_info()["workers"]
-        return {info["name"] for address, info in workers.items() if processing.get(address)}
+        return {info["name"] for address, info in workers.items()
+                if processing.get(address) or holding.get(address)}
 
     def _jobs_wanted(self) -> dict[str, int]:
         wanted: dict[str, int] = {}
@@ -144,12 +149,16 @@ class Orchestrator:
         slots = {c.name: c.slots for c in self.profile.node_classes}
         return {name: math.ceil(n / slots[name]) for name, n in wanted.items()}
 
-    def _settle(self, future, item: Running) -> None:
+    def _result(self, future) -> dict:
+        item = self.running[future]
         try:
-            result = future.result()
+            return future.result(timeout=60)
         except Exception as e:          # the worker died under it (walltime, node failure)
-            result = {"uid": item.claim.uid, "status": "interrupted", "error_class": "walltime",
-                      "message": f"worker lost: {type(e).__name__}: {e}"}
+            future.cancel()
+            return {"uid": item.claim.uid, "status": "interrupted", "error_class": "walltime",
+                    "message": f"worker lost: {type(e).__name__}: {e}"}
+
+    def _settle(self, item: Running, result: dict) -> None:
         outcome = Outcome(**{k: v for k, v in result.items() if k in Outcome.__annotations__})
         if outcome.status == "done":
             self.store.finish_attempt(item.attempt, result, "done")
