@@ -112,9 +112,7 @@ class Orchestrator:
             self._submit(claim, claim.attempts + 1, claim.memory_gb)
 
     def _node_class(self, memory_gb: float, size_gb: float | None) -> NodeClass | None:
-        fitting = [c for c in self.profile.node_classes if c.job_memory_gb >= memory_gb and
-                   (c.max_size_gb is None or (size_gb or 0) <= c.max_size_gb)]
-        return min(fitting, key=lambda c: c.job_memory_gb) if fitting else None
+        return planning.node_class_for(self.profile, memory_gb, size_gb)
 
     def _submit(self, claim: Claim, attempt: int, memory_gb: float | None) -> None:
         size_gb = claim.size_bytes / GB if claim.size_bytes else None

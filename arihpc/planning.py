@@ -77,6 +77,13 @@ class Route:
     jobs: int            # batch jobs the MOUS needs (it resumes across walltime cuts)
 
 
+def node_class_for(site, memory_gb: float, size_gb: float | None):
+    """The smallest node class of a site with this memory that takes a MOUS of this size."""
+    fitting = [c for c in site.node_classes if c.job_memory_gb >= memory_gb
+               and (c.max_size_gb is None or (size_gb or 0) <= c.max_size_gb)]
+    return min(fitting, key=lambda c: c.job_memory_gb) if fitting else None
+
+
 def route(size_gb: float | None, prediction: Prediction, sites: Iterable) -> Route | None:
     """The first site (and its smallest fitting node class) that takes this MOUS, or None.
 
@@ -87,11 +94,9 @@ def route(size_gb: float | None, prediction: Prediction, sites: Iterable) -> Rou
     for site in sites:
         if size < site.min_size_gb or (site.max_size_gb is not None and size > site.max_size_gb):
             continue
-        fitting = [c for c in site.node_classes if c.job_memory_gb >= prediction.memory_gb
-                   and (c.max_size_gb is None or size <= c.max_size_gb)]
-        if not fitting:
+        chosen = node_class_for(site, prediction.memory_gb, size)
+        if chosen is None:
             continue
-        chosen = min(fitting, key=lambda c: c.job_memory_gb)
         usable_h = (site.walltime_s - site.drain_margin_s) / 3600
         return Route(site.name, chosen.name, max(1, math.ceil(prediction.runtime_h / usable_h)))
     return None
