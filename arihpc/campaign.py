@@ -198,3 +198,21 @@ class Orchestrator:
                 "uid": item.claim.uid, "status": "interrupted", "error_class": "walltime",
                 "message": "arihpc run stopped"}, "new", item.task.memory_gb)
         self.running.clear()
+
+
+def campaign_options(profile: SiteProfile, extra: dict | None = None) -> dict:
+    """Payload options from the site profile (archive, CASA installations), plus ``extra``."""
+    return {"source": profile.archive, "casa": profile.casa, "imaging": profile.casa_imaging,
+            **(extra or {})}
+
+
+def run_site(store: CampaignStore, profile: SiteProfile, payload: str, options: dict,
+             limit: int | None = None, stop: threading.Event | None = None,
+             progress: Callable[[Tally], None] | None = None) -> Tally:
+    """Start the site's scheduler, keep the site busy until the campaign is done (or ``stop``),
+    then release every batch job."""
+    with SiteCluster.start(profile) as site_cluster, Client(site_cluster.cluster) as client:
+        orchestrator = Orchestrator(store, profile, site_cluster, client, payload, options,
+                                    Path(profile.storage.work_dir), limit, progress)
+        return orchestrator.run(stop or threading.Event())
+

@@ -49,14 +49,21 @@ def _predicted(stage: str, task: MousTask) -> float:
     return max(float(config.get("runner.predict-min-s")), per_gb * (task.size_gb or 0))
 
 
+def fetch_stage(task: MousTask) -> StageSpec:
+    """The real fetch stage, from the archive URL or mirror template in ``options['source']``."""
+    argv = [sys.executable, "-m", "arihpc.jobs.fetch", "--source", task.options["source"],
+            "--uid", disk_name(task.uid), "--dest", str(task.workdir / "fetch")]
+    return StageSpec("fetch", argv, "fetch", _predicted("fetch", task), _memory_limit(task))
+
+
 def emulator_plan(task: MousTask) -> list[StageSpec]:
     """Four emulated stages; ``options``: cpu-s-per-gb, memory-mb-per-gb, output-mb-per-gb,
     and fail-plan, a list of {class, stage, attempt, uid (optional)} that makes that stage
-    fail that way."""
+    fail that way. With ``source`` (an archive template) the fetch stage is the real one."""
     options = task.options
     cpu = float(options.get("cpu-s-per-gb", 0.1))
-    plan = []
-    for name in ("fetch", "restore", "image", "export"):
+    plan = [fetch_stage(task)] if options.get("source") else []
+    for name in ("fetch", "restore", "image", "export")[len(plan):]:
         argv = [sys.executable, "-m", "arihpc.jobs.emulator", "--stage", name,
                 "--workdir", str(task.workdir), "--size-gb", str(task.size_gb or 1),
                 "--cpu-s-per-gb", str(cpu),
@@ -96,12 +103,9 @@ def casa_command(task: MousTask) -> list[str]:
 def casa_plan(task: MousTask) -> list[StageSpec]:
     """fetch (from the archive URL or mirror template in ``options['source']``), then real
     CASA: restore, image, export (arihpc.jobs.casa_payload)."""
-    source = task.options.get("source")
-    if not source:
+    if not task.options.get("source"):
         raise ValueError("the casa payload needs options['source'], the archive template")
-    fetch = [sys.executable, "-m", "arihpc.jobs.fetch", "--source", source,
-             "--uid", disk_name(task.uid), "--dest", str(task.workdir / "fetch")]
-    plan = [StageSpec("fetch", fetch, "fetch", _predicted("fetch", task), _memory_limit(task))]
+    plan = [fetch_stage(task)]
     casa = casa_command(task)
     for name in ("restore", "image", "export"):
         argv = [*casa, name, "--workdir", str(task.workdir), "--uid", task.uid]
