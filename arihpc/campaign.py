@@ -3,9 +3,13 @@
 It claims selected MOUS from the store in priority order (exclusive claims), submits
 ``run_in_worker`` to the site's dask scheduler with the MOUS's priority and resources, keeps
 the batch queue topped up within the site's job limit, and turns every outcome into store
-updates: done; yielded or interrupted -> resubmitted to continue from its next stage (a worker
-that yielded cannot fit more work and is retired, a fresh job replaces it); failed -> the retry
-policy. Only this process writes the store. Killed at any moment, the next run recovers.
+updates: done; yielded or interrupted -> continued from its next stage on a worker with time
+enough (a worker that yielded drains and is retired when idle, a fresh job replaces it);
+failed -> the retry policy. Only this process writes the store. Killed at any moment, the next
+run recovers.
+
+Staging: with I/O slots (``storage.io-slots``), the fetch of the next MOUS runs ahead of compute
+(within ``storage.staging-gb`` of raw data), so a MOUS slot does not wait for a download.
 """
 
 from __future__ import annotations
@@ -14,19 +18,20 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 from distributed import Client, wait
 
 from arihpc import planning
+from arihpc.campaign_workers import FETCH_PREFIX, WorkerPool
 from arihpc.jobs.failures import retry_policy
-from arihpc.jobs.payloads import MousTask
+from arihpc.jobs.payloads import FETCH_STAGE, MousTask
 from arihpc.jobs.runner import Outcome, retry_task, run_in_worker
 from arihpc.mous import disk_name
 from arihpc.sites.cluster import SiteCluster
-from arihpc.sites.profile import NodeClass, SiteProfile
+from arihpc.sites.profile import SiteProfile
 from arihpc.store_campaign import CampaignStore, Claim
 
 log = logging.getLogger(__name__)
@@ -34,11 +39,21 @@ GB = 1e9
 
 
 @dataclass
-class Running:
+class Item:
+    """One claimed MOUS in this orchestrator's hands, in claim (priority) order.
+
+    phase: claimed, fetching (its fetch runs ahead on an I/O slot), staged (fetched, waiting
+    for a MOUS slot), computing, or parked (it yielded: waiting for a worker with ``needs_s``
+    left).
+    """
+
     claim: Claim
     task: MousTask
     node_class: str
-    attempt: int
+    attempt: int | None                 # the store's open attempt (None while parked)
+    phase: str
+    needs_s: float = 0.0
+    worker: str | None = None           # the worker a parked MOUS was sent to
 
 
 @dataclass
@@ -62,37 +77,44 @@ class Orchestrator:
         self.limit, self.progress = limit, progress or (lambda tally: None)
         self.owner = f"{profile.name}@{time.time():.0f}"
         self.tally = Tally()
-        self.running: dict = {}          # future -> Running
+        self.items: list[Item] = []
+        self.futures: dict = {}             # future -> Item
         self.claimed = 0
+        self.pool = WorkerPool(client)
 
     @property
     def capacity(self) -> int:
+        """MOUS computing at once: every job of the site with its slots."""
         return self.profile.max_jobs * max(c.slots for c in self.profile.node_classes)
+
+    @property
+    def lookahead(self) -> int:
+        """MOUS whose fetch may run ahead of compute: the site's I/O slots."""
+        return self.profile.max_jobs * self.profile.storage.io_slots
 
     def run(self, stop: threading.Event) -> Tally:
         """Work until nothing is left to claim and nothing runs, or ``stop`` is set."""
+        orphans = self.cluster.cancel_orphans()
+        if orphans:
+            log.warning("cancelled %d batch job(s) of an earlier run of %s: %s", len(orphans),
+                        self.profile.name, " ".join(orphans))
         self.tally.recovered = self.store.recover(self.profile.name)
         self.models = self._models()
         while not stop.is_set():
-            self._fill()
-            if not self.running:
+            self.pool.refresh()
+            self._claim()
+            self._start_compute()
+            self._fetch_ahead()
+            if not self.items:
                 retry_at = self.store.next_retry_at()
                 if retry_at is None or (self.limit is not None and self.claimed >= self.limit):
                     break
                 stop.wait(min(max(0.0, retry_at - time.time()), 5.0))   # a retry backs off
                 continue
-            self.cluster.keep_jobs(self._jobs_wanted(), self._busy_workers())
-            try:
-                finished, _ = wait(list(self.running), timeout=1,
-                                   return_when="FIRST_COMPLETED")
-            except TimeoutError:            # dask's wait raises when nothing finished
-                finished = []
-            # Fetch every result before any worker is retired: a result lost with its worker
-            # would make dask run the MOUS again.
-            results = {future: self._result(future) for future in finished}
-            for future in finished:
-                self._settle(self.running.pop(future), results[future])
-                future.release()
+            self.cluster.keep_jobs(self._jobs_wanted(), self.pool.busy())
+            self.pool.retire_idle_draining()
+            self._collect()
+            self._repark_orphans()
             self.progress(self.tally)
         if stop.is_set():
             self._abandon()
@@ -103,52 +125,124 @@ class Orchestrator:
         sizes, hours, peaks = self.store.history()
         return (planning.fit(sizes, hours, runtime), planning.fit(sizes, peaks, memory))
 
-    def _fill(self) -> None:
-        room = self.capacity - len(self.running)
+    # --- claiming and submitting ---
+
+    def _claim(self) -> None:
+        """Claim MOUS for the free MOUS slots and I/O slots."""
+        room = self.capacity + self.lookahead - len(self.items)
         if self.limit is not None:
             room = min(room, self.limit - self.claimed)
         for claim in self.store.claim(self.profile.name, self.owner, room):
             self.claimed += 1
-            self._submit(claim, claim.attempts + 1, claim.memory_gb)
+            self._take(claim, claim.attempts + 1, claim.memory_gb)
 
-    def _node_class(self, memory_gb: float, size_gb: float | None) -> NodeClass | None:
-        return planning.node_class_for(self.profile, memory_gb, size_gb)
+    def _staged_gb(self) -> float:
+        return sum(item.task.size_gb or 0 for item in self.items
+                   if item.phase in ("fetching", "staged"))
 
-    def _submit(self, claim: Claim, attempt: int, memory_gb: float | None) -> None:
+    def _take(self, claim: Claim, attempt: int, memory_gb: float | None) -> None:
+        """Start an attempt: its fetch ahead on an I/O slot, or all of it when no staging."""
         size_gb = claim.size_bytes / GB if claim.size_bytes else None
         if memory_gb is None:
             memory_gb = planning.predict(size_gb, *self.models).memory_gb
-        node_class = self._node_class(memory_gb, size_gb)
-        result = {"uid": claim.uid, "status": "failed", "error_class": "needs-bigger-node",
-                  "message": f"no node class of {self.profile.name} has {memory_gb:g} GB"}
+        node_class = planning.node_class_for(self.profile, memory_gb, size_gb)
+        number = self.store.start_attempt(claim.uid, self.profile.name, memory_gb)
         if node_class is None:
-            self.store.finish_attempt(self.store.start_attempt(claim.uid, self.profile.name,
-                                                               memory_gb), result, "failed")
+            self.store.finish_attempt(number, {
+                "uid": claim.uid, "status": "failed", "error_class": "needs-bigger-node",
+                "message": f"no node class of {self.profile.name} has {memory_gb:g} GB"},
+                "failed")
             self.tally.failed += 1
             return
         task = MousTask(claim.uid, self.workroot / disk_name(claim.uid), self.payload,
                         size_gb, memory_gb, attempt, self.options)
-        number = self.store.start_attempt(claim.uid, self.profile.name, memory_gb)
-        future = self.client.submit(run_in_worker, task, key=f"{disk_name(claim.uid)}-a{number}",
-                                    priority=-claim.priority, pure=False,
-                                    resources={"slots": 1, "memory_gb": memory_gb})
-        self.running[future] = Running(claim, task, node_class.name, number)
+        self.items.append(Item(claim, task, node_class.name, number, "claimed"))
 
-    def _busy_workers(self) -> set[str]:
-        processing, holding = self.client.processing(), self.client.has_what()
-        workers = self.client.scheduler_info()["workers"]
-        return {info["name"] for address, info in workers.items()
-                if processing.get(address) or holding.get(address)}
+    def _fetch_ahead(self) -> None:
+        """Fetch the next claimed MOUS on I/O slots while the staging budget holds its data."""
+        fetching = sum(1 for item in self.items if item.phase == "fetching")
+        for item in self.items:
+            if fetching >= self.lookahead:
+                return
+            if item.phase == "claimed" and \
+                    self._staged_gb() + (item.task.size_gb or 0) <= self.profile.storage.staging_gb:
+                item.phase = "fetching"
+                fetching += 1
+                self._send(item, replace(item.task, last_stage=FETCH_STAGE),
+                           f"{FETCH_PREFIX}{disk_name(item.claim.uid)}-a{item.attempt}", {"io": 1})
+
+    def _send(self, item: Item, task: MousTask, key: str, resources: dict,
+              worker: str | None = None) -> None:
+        future = self.client.submit(run_in_worker, task, key=key, pure=False,
+                                    priority=-item.claim.priority, resources=resources,
+                                    workers=[worker] if worker else None)
+        self.futures[future] = item
+        item.worker = worker
+
+    def _compute(self, item: Item, worker: str | None = None) -> None:
+        item.phase = "computing"
+        self._send(item, item.task, f"{disk_name(item.claim.uid)}-a{item.attempt}",
+                   {"slots": 1, "memory_gb": item.task.memory_gb}, worker)
+
+    def _start_compute(self) -> None:
+        """Parked MOUS first (to a worker with time enough), then the staged ones in claim
+        order: a MOUS never starts computing before one claimed earlier."""
+        computing = sum(1 for item in self.items if item.phase in ("computing", "parked"))
+        taken: dict[str, int] = {}
+        for item in [i for i in self.items if i.phase == "parked"]:
+            worker = self.pool.pick(item.node_class, item.needs_s, taken)
+            if worker is None:
+                self.pool.drain_short(item.needs_s)
+                continue
+            taken[worker] = taken.get(worker, 0) + 1
+            item.attempt = self.store.start_attempt(item.claim.uid, self.profile.name,
+                                                    item.task.memory_gb)
+            self._compute(item, worker)
+        for item in self.items:
+            if computing >= self.capacity or item.phase == "fetching":
+                return
+            if item.phase in ("claimed", "staged"):
+                self._compute(item)
+                computing += 1
 
     def _jobs_wanted(self) -> dict[str, int]:
-        wanted: dict[str, int] = {}
-        for item in self.running.values():
-            wanted[item.node_class] = wanted.get(item.node_class, 0) + 1
+        """Jobs per node class: MOUS slots for what computes or waits, I/O slots for fetches
+        ahead, and a replacement for each draining worker."""
         slots = {c.name: c.slots for c in self.profile.node_classes}
-        return {name: math.ceil(n / slots[name]) for name, n in wanted.items()}
+        compute: dict[str, int] = {}
+        fetch: dict[str, int] = {}
+        for item in self.items:
+            into = fetch if item.phase in ("claimed", "fetching", "staged") else compute
+            into[item.node_class] = into.get(item.node_class, 0) + 1
+        io = max(1, self.profile.storage.io_slots)
+        wanted = {name: max(math.ceil(compute.get(name, 0) / slots[name]),
+                            math.ceil(fetch.get(name, 0) / io) if not compute else 0)
+                  for name in set(compute) | set(fetch)}
+        for name, count in self.pool.draining_per_class().items():
+            if name in wanted:
+                wanted[name] += count
+        return wanted
+
+    # --- results ---
+
+    def _collect(self) -> None:
+        try:
+            finished, _ = wait(list(self.futures), timeout=1, return_when="FIRST_COMPLETED")
+        except TimeoutError:            # dask's wait raises when nothing finished
+            finished = []
+        # Fetch every result before any worker is retired: a result lost with its worker
+        # would make dask run the MOUS again.
+        results = {future: self._result(future) for future in finished}
+        for future in finished:
+            item = self.futures.pop(future)
+            future.release()
+            if item.phase == "fetching":
+                self._staged(item, results[future])
+            else:
+                self._settle(item, results[future])
 
     def _result(self, future) -> dict:
-        item = self.running[future]
+        item = self.futures[future]
         try:
             return future.result(timeout=60)
         except Exception as e:          # the worker died under it (walltime, node failure)
@@ -156,29 +250,52 @@ class Orchestrator:
             return {"uid": item.claim.uid, "status": "interrupted", "error_class": "walltime",
                     "message": f"worker lost: {type(e).__name__}: {e}"}
 
-    def _settle(self, item: Running, result: dict) -> None:
+    def _staged(self, item: Item, result: dict) -> None:
+        """A fetch ahead ended. Done or not, compute continues from the last checkpoint
+        (a fetch cut short resumes its partial files); only a failure counts."""
+        if result["status"] == "failed":
+            self._settle(item, result)
+            return
+        self.store.record_stages(item.attempt, item.claim.uid, result.get("records") or {})
+        item.phase = "staged"
+
+    def _settle(self, item: Item, result: dict) -> None:
         outcome = Outcome(**{k: v for k, v in result.items() if k in Outcome.__annotations__})
         if outcome.status == "done":
             self.store.finish_attempt(item.attempt, result, "done")
             self.tally.done += 1
+            self.items.remove(item)
         elif outcome.status in ("yielded", "interrupted"):
             self.store.finish_attempt(item.attempt, result, "queued", item.task.memory_gb)
-            if outcome.status == "yielded" and result.get("worker"):
-                # it could fit no more work: let it go, a fresh job takes over
-                self.client.retire_workers([result["worker"]], close_workers=True)
             self.tally.resumed += 1
-            self._submit(item.claim, item.task.attempt + 1, item.task.memory_gb)
+            item.attempt, item.phase = None, "parked"
+            item.needs_s = outcome.needs_s or 0.0
+            if outcome.status == "yielded" and result.get("worker"):
+                self.pool.draining.add(result["worker"])    # it can fit no more of this
+            item.task = replace(item.task, attempt=item.task.attempt + 1)
         else:
+            self.items.remove(item)
             self._failed(item, outcome, result)
 
-    def _failed(self, item: Running, outcome: Outcome, result: dict) -> None:
+    def _repark_orphans(self) -> None:
+        """A MOUS sent to one worker that left before running it would wait forever."""
+        for future, item in list(self.futures.items()):
+            if item.worker and not self.pool.alive(item.worker) and not future.done():
+                future.cancel()
+                del self.futures[future]
+                self._settle(item, {"uid": item.claim.uid, "status": "interrupted",
+                                    "error_class": "walltime",
+                                    "message": f"worker {item.worker} left"})
+
+    def _failed(self, item: Item, outcome: Outcome, result: dict) -> None:
         earlier = self.store.failures_of_class(item.claim.uid, outcome.error_class or "unknown")
         retry = retry_task(item.task, outcome, earlier)
         if retry is None:
             self.store.finish_attempt(item.attempt, result, "failed")
             self.tally.failed += 1
             return
-        if retry.memory_gb and self._node_class(retry.memory_gb, retry.size_gb) is None:
+        if retry.memory_gb and planning.node_class_for(
+                self.profile, retry.memory_gb, retry.size_gb) is None:
             result = {**result, "error_class": "needs-bigger-node", "message":
                       f"{outcome.error_class}: a retry needs {retry.memory_gb:g} GB, more than "
                       f"any node class of {self.profile.name}"}
@@ -192,12 +309,18 @@ class Orchestrator:
 
     def _abandon(self) -> None:
         """Ctrl-C/SIGTERM: no new work; running attempts are recorded and given back."""
-        for future, item in self.running.items():
+        for future in self.futures:
             future.cancel()
-            self.store.finish_attempt(item.attempt, {
-                "uid": item.claim.uid, "status": "interrupted", "error_class": "walltime",
-                "message": "arihpc run stopped"}, "new", item.task.memory_gb)
-        self.running.clear()
+        for item in self.items:
+            if item.attempt is not None:
+                self.store.finish_attempt(item.attempt, {
+                    "uid": item.claim.uid, "status": "interrupted", "error_class": "walltime",
+                    "message": "arihpc run stopped"}, "new", item.task.memory_gb)
+        parked = [item.claim.uid for item in self.items if item.attempt is None]
+        if parked:
+            self.store.set_state(parked, "new", ("queued",))
+        self.items.clear()
+        self.futures.clear()
 
 
 def campaign_options(profile: SiteProfile, extra: dict | None = None) -> dict:

@@ -80,23 +80,32 @@ class CampaignStore(Store):
                 ended_at=time.time(), outcome=result["status"],
                 error_class=result.get("error_class"), message=result.get("message"),
                 batch_job=result.get("batch_job"), worker=result.get("worker")))
-            known = set(conn.execute(sa.select(stages.c.stage, stages.c.started_at)
-                                     .where(stages.c.uid == uid)).all())
-            for record in result.get("records", {}).values():
-                if (record["stage"], record["start"]) in known:
-                    continue        # recorded when its own attempt ended
-                conn.execute(stages.insert().values(
-                    attempt_id=attempt, uid=uid, stage=record["stage"],
-                    started_at=record["start"], ended_at=record["end"],
-                    wall_s=record["wall_s"], cpu_s=record["cpu_s"],
-                    peak_rss=record["peak_rss"], outputs=json.dumps(record["outputs"]),
-                    status="done"))
+            self._record_stages(conn, attempt, uid, result.get("records", {}))
             conn.execute(mous.update().where(mous.c.uid == uid).values(
                 state=state, error_class=result.get("error_class"),
                 next_stage=result.get("stage"), memory_gb=memory_gb, not_before=not_before,
                 updated_at=time.time()))
             self._event(conn, "attempt", uid, attempt=attempt, outcome=result["status"],
                         error_class=result.get("error_class"), state=state)
+
+    def record_stages(self, attempt: int, uid: str, records: dict) -> None:
+        """Stages an attempt completed before it ended (a fetch ahead of compute)."""
+        with self.engine.begin() as conn:
+            self._record_stages(conn, attempt, uid, records)
+
+    @staticmethod
+    def _record_stages(conn, attempt: int, uid: str, records: dict) -> None:
+        known = set(conn.execute(sa.select(stages.c.stage, stages.c.started_at)
+                                 .where(stages.c.uid == uid)).all())
+        for record in records.values():
+            if record is None or (record["stage"], record["start"]) in known:
+                continue        # recorded already, by this attempt or an earlier one
+            conn.execute(stages.insert().values(
+                attempt_id=attempt, uid=uid, stage=record["stage"],
+                started_at=record["start"], ended_at=record["end"],
+                wall_s=record["wall_s"], cpu_s=record["cpu_s"],
+                peak_rss=record["peak_rss"], outputs=json.dumps(record["outputs"]),
+                status="done"))
 
     def failures_of_class(self, uid: str, error_class: str) -> int:
         with self.engine.connect() as conn:

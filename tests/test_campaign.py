@@ -108,26 +108,42 @@ def test_injected_failures_are_retried_or_not_by_class(tmp_path):
     assert "casa-version 1, download 2" in status and "oom 1" in status
 
 
-def test_kill_9_of_the_orchestrator_loses_nothing_and_runs_no_stage_twice(tmp_path):
+def ci_slurm_site(tmp_path: Path) -> Path:
+    text = (Path(__file__).resolve().parents[1] / "site-configs" / "ci-slurm.yaml").read_text()
+    path = tmp_path / "ci-slurm.yaml"
+    path.write_text(text.replace("work-dir: /tmp/arihpc-ci/work", f"work-dir: {tmp_path}/work"))
+    return path
+
+
+@pytest.mark.parametrize("site", ["local", pytest.param("ci-slurm", marks=pytest.mark.slurm)])
+def test_kill_9_of_the_orchestrator_loses_nothing_and_runs_no_stage_twice(tmp_path, site):
     url, uids = campaign(tmp_path, 5)
-    (tmp_path / "site.yaml").unlink(missing_ok=True)
-    site_profile(tmp_path, "  one: {cores: 1, memory: 1GB}\n", max_jobs=1)
+    if site == "local":
+        site_profile(tmp_path, "  one: {cores: 1, memory: 1GB}\n", max_jobs=1)
+        path = tmp_path / "site.yaml"
+    else:           # its jobs outlive the orchestrator: the next run cancels them
+        path = ci_slurm_site(tmp_path)
     (tmp_path / "c.yaml").write_text(CONFIG_FILE)
     command = [sys.executable, "-m", "arihpc.cli", "--store", url, "--config",
-               str(tmp_path / "c.yaml"), "run", "--site", str(tmp_path / "site.yaml"),
+               str(tmp_path / "c.yaml"), "run", "--site", str(path), "--payload", "emulator",
                "--payload-options", json.dumps({"cpu-s-per-gb": 0.6})]
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             start_new_session=True)
+                             start_new_session=True, cwd=tmp_path)
     store = CampaignStore.open(url)
     deadline = time.time() + 120
     while store.status()["states"].get("done", 0) < 2 and time.time() < deadline:
         time.sleep(0.5)
+    assert store.status()["states"].get("done", 0) >= 2, first.stderr.read()[-2000:] \
+        if first.poll() is not None else "the first run made no progress"
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
-    time.sleep(6)           # its worker notices and takes its stage down with it
-    second = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    if site == "local":
+        time.sleep(6)       # its worker notices and takes its stage down with it
+    second = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "recovered" in second.stdout
+    if site == "ci-slurm":
+        assert "cancelled" in second.stderr and "earlier run of ci-slurm" in second.stderr
     assert store.status()["states"] == {"done": 5}
     with store.engine.connect() as conn:
         rows = conn.execute(sa.select(stages.c.uid, stages.c.stage, stages.c.started_at)).all()

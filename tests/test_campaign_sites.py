@@ -71,3 +71,44 @@ def test_two_sites_share_one_postgresql_store_and_never_take_the_same_mous(
     done = [int(out.split(": ")[1].split(" done")[0]) for out, _ in outputs]
     assert sum(done) == 30 and min(done) > 0                  # both sites did part of it
 
+
+
+@pytest.mark.slurm
+def test_thirty_mous_on_one_minute_jobs_all_done_with_walltime_resumes(tmp_path):
+    url = f"sqlite:///{tmp_path}/campaign.db"
+    uids = make_campaign(url, tmp_path, 30)
+    big = uids[:3]          # 4 stages of ~12 s: more than one 50-second worker can hold
+    sizes = tmp_path / "sizes.csv"
+    sizes.write_text("uid,size_bytes,size_source\n" + "".join(
+        f"{u},{40_000_000_000 if u in big else 1_000_000_000},datalink\n" for u in uids))
+    assert run(url, "catalog", "import", sizes).exit_code == 0
+    assert run(url, "select").exit_code == 0
+    site = site_copy("ci-slurm", tmp_path, **{'walltime: "00:10:00"': 'walltime: "00:01:00"',
+                                               'drain-margin: "00:01:00"':
+                                               'drain-margin: "00:00:10"'})
+    (tmp_path / "c.yaml").write_text(CONFIG + "  runner:\n    walltime-margin-s: 5\n")
+    process = subprocess.run(
+        [sys.executable, "-m", "arihpc.cli", "--store", url, "--config", str(tmp_path / "c.yaml"),
+         "-v", "run", "--site", str(site), "--payload", "emulator",
+         "--payload-options", json.dumps({"cpu-s-per-gb": 0.3})],
+        capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert process.returncode == 0, process.stderr[-3000:]
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        states = dict(conn.execute(sa.select(mous.c.uid, mous.c.state)).all())
+        rows = conn.execute(sa.select(stages.c.uid, stages.c.stage, stages.c.started_at)).all()
+        outcomes = conn.execute(sa.select(attempts.c.uid, attempts.c.outcome)).all()
+    engine.dispose()
+    assert states == {u: "done" for u in uids}
+    assert len(rows) == 30 * 4 and len(set(rows)) == 30 * 4       # each stage once
+    from arihpc.jobs.workdir import read_checkpoint
+    from arihpc.mous import disk_name
+    for uid in uids:
+        for stage in ("fetch", "restore", "image", "export"):
+            check = read_checkpoint(tmp_path / "work" / disk_name(uid), stage)
+            assert (uid, stage, check["start"]) in set(rows)        # store and checkpoint agree
+            log = (tmp_path / "work" / disk_name(uid) / "log" / f"{stage}.log").read_text()
+            assert log.count(f"stage {stage} done") == 1             # completed exactly once
+    resumes = {u: sum(1 for v, o in outcomes if v == u and o in ("yielded", "interrupted"))
+               for u in big}
+    assert all(n >= 1 for n in resumes.values()), resumes        # they needed 2+ jobs

@@ -12,7 +12,7 @@ import psutil
 import pytest
 from distributed import Client, LocalCluster
 
-from arihpc.jobs.payloads import MousTask
+from arihpc.jobs.payloads import MousTask, emulator_plan
 from arihpc.jobs.runner import Outcome, retry_task, run_mous
 from arihpc.jobs.workdir import checkpoint_path, read_checkpoint
 
@@ -228,3 +228,34 @@ def test_a_404_from_the_archive_is_class_download_with_the_url(tmp_path):
                                                                     "download")
     assert source.replace("{uid}", "uid___A001_X87a_X706") in outcome.message
     assert "404" in outcome.message
+
+
+def test_a_stage_that_finished_after_its_runner_died_is_checkpointed_not_run_again(tmp_path):
+    """The runner died between the command's exit and the checkpoint: the guard's report says
+    the command exited 0, so the next runner adopts it instead of running it again."""
+    from arihpc.jobs.process import run_process
+
+    job = task(tmp_path)
+    plan = emulator_plan(job)
+    fetch = plan[0]
+    log_path = job.workdir / "log" / "fetch.log"
+    # run the fetch command the way the runner does, then "die": no checkpoint written,
+    # and the guard's report left where a live runner would have read it
+    result = run_process(fetch.argv, cwd=job.workdir, log_path=log_path)
+    assert result.returncode == 0 and log_path.read_text().count("stage fetch done") == 1
+    rusage = log_path.with_name(".fetch.log.rusage")
+    rusage.write_text(json.dumps({"cpu_s": 0.1, "maxrss": 1, "returncode": 0,
+                                  "start": time.time() - 2, "end": time.time() - 1}))
+    outcome = run_mous(job)
+    assert outcome.status == "done" and "fetch" in outcome.stages_run
+    assert log_path.read_text().count("stage fetch done") == 1      # not run again
+    assert read_checkpoint(job.workdir, "fetch")["end"] < time.time() - 0.5
+    assert not rusage.exists()
+    # a failed command's report is no proof: that stage runs again
+    other = task(tmp_path / "b")
+    failed_log = other.workdir / "log" / "fetch.log"
+    failed_log.parent.mkdir(parents=True)
+    failed_log.with_name(".fetch.log.rusage").write_text(json.dumps(
+        {"cpu_s": 0, "maxrss": 0, "returncode": 1, "start": 0, "end": 1}))
+    assert run_mous(other).status == "done"
+    assert failed_log.read_text().count("stage fetch done") == 1

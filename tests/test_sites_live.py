@@ -57,9 +57,10 @@ def test_workers_come_up_in_xvfb_with_deadline_job_id_and_resources(site):
         assert report["site"] == site
         assert report["display"] and report["display"].startswith(":")     # xvfb-run set it
         assert report["batch_job"] and report["batch_job"].isdigit()
-        expected = starts[report["batch_job"]] + profile.walltime_s
+        # the worker leaves (and its stages end) drain-margin before the walltime kill
+        expected = starts[report["batch_job"]] + profile.walltime_s - profile.drain_margin_s
         assert abs(report["deadline"] - expected) <= 5
-        assert report["resources"] == {"slots": node_class.slots,
+        assert report["resources"] == {"slots": node_class.slots, "io": 1,
                                        "memory_gb": node_class.job_memory_gb}
     # the batch queue, read by arihpc, shows those same jobs running
     running = {job.job_id for job in queue if job.state is JobState.RUNNING}
@@ -118,7 +119,7 @@ def test_sites_up_command():
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
     assert len(rows) == 2 and all(r["display"] for r in rows)
-    assert {r["resources"][0] for r in rows} == {"memory_gb=1"}
+    assert all(r["resources"] == ["io=1", "memory_gb=1", "slots=1"] for r in rows)
 
 
 @pytest.mark.slurm
@@ -174,6 +175,7 @@ def test_local_site_workers_advertise_resources_and_a_deadline():
             (report,) = client.run(probe).values()
             done = client.submit(probe, resources={"slots": 1}, pure=False).result(timeout=60)
     assert report["site"] == "local" and report["batch_job"].startswith("local-")
-    assert report["resources"] == {"slots": 1, "memory_gb": 8}
-    assert before - 1 <= report["deadline"] - profile.walltime_s <= time.time() + 1
+    assert report["resources"] == {"slots": 1, "memory_gb": 8, "io": 1}
+    leaves = profile.walltime_s - profile.drain_margin_s
+    assert before - 1 <= report["deadline"] - leaves <= time.time() + 1
     assert done["node_class"] == "local"

@@ -21,12 +21,13 @@ def test_mup_is_pbs_pro_with_96_hour_walltime_and_worker_in_xvfb_run():
     text = script("mup")
     assert re.search(r"^#PBS -l select=1:ncpus=16:mem=60gb$", text, re.M)
     assert "#PBS -l walltime=96:00:00" in text.splitlines()
-    assert "export ARIHPC_DEADLINE=$((ARIHPC_JOB_START + 345600))" in text
+    # 96 h walltime, the worker leaves 10 min (the default drain margin) before
+    assert "export ARIHPC_DEADLINE=$((ARIHPC_JOB_START + 345000))" in text
     assert "export ARIHPC_SITE=mup" in text
     assert 'export ARIHPC_BATCH_JOB="${PBS_JOBID:-${SLURM_JOB_ID:-}}"' in text
     worker = worker_line(text)
     assert worker.startswith("xvfb-run -a -s '-screen 0 1280x1024x24' ")
-    assert "--resources slots=1,memory_gb=60" in worker
+    assert "--resources slots=1,memory_gb=60,io=1" in worker
     # the prologue (deadline, module load) comes before the worker starts
     assert text.index("ARIHPC_DEADLINE") < text.index("module load casa") < text.index(worker)
 

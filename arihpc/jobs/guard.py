@@ -6,7 +6,8 @@ session. The guard runs ARGV in its own process group and kills the whole group 
   * it gets SIGTERM (the batch system's walltime kill, or the runner stopping the stage).
 Its exit status is the command's; a command killed by signal N exits 128 + N. With
 ``--rusage FILE`` it writes the command's CPU time and max RSS there (the kernel's count,
-which misses nothing between two samples).
+which misses nothing between two samples), its exit status and start and end times: a stage
+that ended after its runner died is known to have finished (arihpc.jobs.process).
 """
 
 from __future__ import annotations
@@ -29,11 +30,15 @@ def _kill_group(sig: int) -> None:
         pass
 
 
-def _write_rusage(path: str) -> None:
+def _write_rusage(path: str, code: int, started: float) -> None:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    with open(path, "w") as f:
-        json.dump({"cpu_s": usage.ru_utime + usage.ru_stime, "maxrss": usage.ru_maxrss * 1024},
-                  f)
+    part = f"{path}.part"
+    with open(part, "w") as f:
+        json.dump({"cpu_s": usage.ru_utime + usage.ru_stime, "maxrss": usage.ru_maxrss * 1024,
+                   "returncode": code, "start": started, "end": time.time()}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(part, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,13 +61,15 @@ def main(argv: list[str] | None = None) -> int:
         _kill_group(signal.SIGKILL)
 
     signal.signal(signal.SIGTERM, on_term)
+    started = time.time()
     child = subprocess.Popen(argv)      # same process group as the guard
     while True:
         try:
             code = child.wait(timeout=POLL_S)
+            code = code if code >= 0 else 128 - code
             if rusage_file:
-                _write_rusage(rusage_file)
-            return code if code >= 0 else 128 - code
+                _write_rusage(rusage_file, code, started)
+            return code
         except subprocess.TimeoutExpired:
             if os.getppid() != parent:  # the worker died: take the stage down with it
                 _kill_group(signal.SIGKILL)

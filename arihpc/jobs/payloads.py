@@ -16,6 +16,7 @@ from arihpc.jobs.casa_version import choose_installation, detect_casa_version
 from arihpc.mous import disk_name
 
 GB = 1e9
+FETCH_STAGE = "fetch"           # every plan starts with it; it may run ahead of compute
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class MousTask:
     memory_gb: float | None = None          # the memory guard's limit for each stage
     attempt: int = 1
     options: dict = field(default_factory=dict)
+    last_stage: str | None = None           # stop after this stage (a fetch ahead of compute)
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ def fetch_stage(task: MousTask) -> StageSpec:
     """The real fetch stage, from the archive URL or mirror template in ``options['source']``."""
     argv = [sys.executable, "-m", "arihpc.jobs.fetch", "--source", task.options["source"],
             "--uid", disk_name(task.uid), "--dest", str(task.workdir / "fetch")]
-    return StageSpec("fetch", argv, "fetch", _predicted("fetch", task), _memory_limit(task))
+    return StageSpec(FETCH_STAGE, argv, "fetch", _predicted("fetch", task), _memory_limit(task))
 
 
 def emulator_plan(task: MousTask) -> list[StageSpec]:

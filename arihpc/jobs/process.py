@@ -75,7 +75,7 @@ def run_process(argv: Sequence[str], cwd: Path, log_path: Path,
     """Run ``argv`` in its own process group, stdout+stderr appended to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    rusage = log_path.with_name(f".{log_path.name}.rusage")
+    rusage = _rusage_path(log_path)
     rusage.unlink(missing_ok=True)
     with open(log_path, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "arihpc.jobs.guard", "--rusage",
@@ -105,6 +105,22 @@ def run_process(argv: Sequence[str], cwd: Path, log_path: Path,
         cpu_s, peak = max(cpu_s, counted["cpu_s"]), max(peak, counted["maxrss"])
         rusage.unlink()
     return ProcessResult(proc.returncode, time.monotonic() - start, cpu_s, peak, killed_for)
+
+
+def _rusage_path(log_path: Path) -> Path:
+    return log_path.with_name(f".{log_path.name}.rusage")
+
+
+def finished_unwatched(log_path: Path) -> dict | None:
+    """A stage command that exited 0 after its runner died (nobody read its guard's report):
+    its ``start``, ``end``, ``cpu_s`` and ``maxrss``, or None. The report is consumed."""
+    path = _rusage_path(log_path)
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    path.unlink()
+    return report if report.get("returncode") == 0 else None
 
 
 def _why_stop(rss: int, memory_limit: int | None, elapsed: float, timeout_s: float | None,

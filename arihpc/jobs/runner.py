@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import signal
@@ -26,15 +27,17 @@ from arihpc.jobs import workdir as wd
 from arihpc.jobs.casa_version import CasaVersionError
 from arihpc.jobs.failures import classify, retry_policy
 from arihpc.jobs.payloads import PAYLOADS, MousTask, StageSpec
-from arihpc.jobs.process import run_process
+from arihpc.jobs.process import finished_unwatched, run_process
 from arihpc.mous import disk_name
 
 LOG_TAIL = 20
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one run: done, yielded, interrupted or failed."""
+    """What became of one run: done, staged (stopped after ``task.last_stage``), yielded,
+    interrupted or failed."""
 
     uid: str
     status: str
@@ -44,6 +47,7 @@ class Outcome:
     log_lines: tuple[str, ...] = ()
     stages_run: tuple[str, ...] = ()
     records: dict = field(default_factory=dict)     # stage -> checkpoint written this run
+    needs_s: float | None = None        # yielded: the time a job must have left to continue
 
 
 def _first_to_run(task: MousTask, plan: list[StageSpec]) -> int:
@@ -92,6 +96,21 @@ def _failure(task: MousTask, stage: StageSpec, result, log_path: Path, done: lis
                    tuple([line or ""] + lines[-LOG_TAIL:]), tuple(done))
 
 
+def _adopt(task: MousTask, stage: StageSpec) -> dict | None:
+    """Checkpoint a stage whose command finished after its runner died (killed between the
+    command's exit and the checkpoint): its outputs are complete, it is not run again."""
+    report = finished_unwatched(task.workdir / "log" / f"{stage.name}.log")
+    if report is None:
+        return None
+    record = {"stage": stage.name, "attempt": task.attempt, "start": report["start"],
+              "end": report["end"], "wall_s": report["end"] - report["start"],
+              "cpu_s": report["cpu_s"], "peak_rss": report["maxrss"],
+              "outputs": wd.output_sizes(task.workdir, stage.output_folder)}
+    wd.write_checkpoint(task.workdir, stage.name, record)
+    log.info("%s: %s finished after its runner died; checkpointed", task.uid, stage.name)
+    return record
+
+
 def run_mous(task: MousTask, deadline: float | None = None, owner: str | None = None,
              stop: threading.Event | None = None) -> Outcome:
     """Run the stages of one MOUS that are not done yet; never two runners at once."""
@@ -118,7 +137,16 @@ def _run_stages(task: MousTask, deadline: float | None, stop: threading.Event | 
         return Outcome(task.uid, "failed", None, "casa-version", str(e), (str(e),))
     done: list[str] = []
     records: dict = {}
-    for stage in plan[_first_to_run(task, plan):]:
+    first = _first_to_run(task, plan)
+    names = [stage.name for stage in plan]
+    if task.last_stage in names and first < len(plan) and names.index(task.last_stage) < first:
+        return Outcome(task.uid, "staged", names[first])       # that far already
+    for stage in plan[first:]:
+        adopted = _adopt(task, stage)
+        if adopted:
+            records[stage.name] = adopted
+            done.append(stage.name)
+            continue
         if stop is not None and stop.is_set():
             return Outcome(task.uid, "interrupted", stage.name, "walltime",
                            "stopped before the stage started", (), tuple(done), records)
@@ -126,7 +154,8 @@ def _run_stages(task: MousTask, deadline: float | None, stop: threading.Event | 
             return Outcome(task.uid, "yielded", stage.name, None,
                            f"{stage.name} needs ~{stage.predicted_s:.0f} s; "
                            f"{max(0, deadline - time.time()):.0f} s left before the deadline",
-                           (), tuple(done), records)
+                           (), tuple(done), records,
+                           stage.predicted_s + float(config.get("runner.walltime-margin-s")))
         result, started, log_path = _run_stage(task, stage, stop)
         if result.returncode != 0 or result.killed_for:
             return _failure(task, stage, result, log_path, done)
@@ -136,6 +165,9 @@ def _run_stages(task: MousTask, deadline: float | None, stop: threading.Event | 
             "outputs": wd.output_sizes(task.workdir, stage.output_folder)}
         wd.write_checkpoint(task.workdir, stage.name, records[stage.name])
         done.append(stage.name)
+        if stage.name == task.last_stage and stage is not plan[-1]:
+            following = plan[plan.index(stage) + 1].name
+            return Outcome(task.uid, "staged", following, None, None, (), tuple(done), records)
     # Every checkpoint, also those of earlier jobs whose outcome never reached the store
     # (an orchestrator killed meanwhile): the store records each stage once, by start time.
     records = {s.name: wd.read_checkpoint(task.workdir, s.name) for s in plan}
@@ -146,13 +178,28 @@ def run_in_worker(task: MousTask) -> dict:
     """run_mous inside a dask worker of a batch job: the job's deadline bounds every stage.
 
     Returns the outcome with the worker's address and batch job, so the orchestrator can
-    retire a worker that could fit no more work.
+    retire a worker that could fit no more work. A worker that closes (SIGTERM from the batch
+    system, its --lifetime, scancel) stops the running stage at once, so a stage is either
+    checkpointed or left unfinished, never completed without its checkpoint.
     """
     from distributed import get_worker
+    from distributed.core import Status
 
+    worker = get_worker()
+    stop, finished = threading.Event(), threading.Event()
+
+    def watch() -> None:
+        while not finished.wait(0.2):
+            if worker.status in (Status.closing, Status.closing_gracefully, Status.closed):
+                stop.set()
+                return
+    threading.Thread(target=watch, daemon=True).start()
     deadline = os.environ.get("ARIHPC_DEADLINE")
-    outcome = run_mous(task, float(deadline) if deadline else None)
-    return {**asdict(outcome), "worker": get_worker().address,
+    try:
+        outcome = run_mous(task, float(deadline) if deadline else None, stop=stop)
+    finally:
+        finished.set()
+    return {**asdict(outcome), "worker": worker.address,
             "batch_job": os.environ.get("ARIHPC_BATCH_JOB")}
 
 

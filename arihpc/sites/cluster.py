@@ -24,6 +24,7 @@ from distributed.core import Status
 from arihpc.errors import CommandError, ProfileError
 from arihpc.sites import local, pbspro, slurm, torque
 from arihpc.sites.batch import JobState, read_queue
+from arihpc.sites.command import run_command
 from arihpc.sites.profile import NodeClass, SiteProfile
 
 # batch system -> the thin module that knows it
@@ -48,6 +49,17 @@ def worker_python(profile: SiteProfile) -> str:
     return f"xvfb-run -a -s {shlex.quote('-screen 0 ' + profile.screen)} {python}"
 
 
+def deadline_s(profile: SiteProfile) -> int:
+    """Seconds from a job's start until its worker leaves: drain-margin before the walltime."""
+    return profile.walltime_s - profile.drain_margin_s
+
+
+def worker_resources(profile: SiteProfile, node_class: NodeClass) -> dict[str, float]:
+    """What one worker advertises: MOUS slots, memory, and I/O slots for fetches ahead."""
+    return {"slots": node_class.slots, "memory_gb": node_class.job_memory_gb,
+            "io": profile.storage.io_slots}
+
+
 def prologue(profile: SiteProfile, node_class: NodeClass) -> list[str]:
     """Job script lines before the worker: what the runner needs to know about this job."""
     job_id = ""
@@ -58,8 +70,9 @@ def prologue(profile: SiteProfile, node_class: NodeClass) -> list[str]:
         f"export ARIHPC_NODE_CLASS={shlex.quote(node_class.name)}",
         f"export ARIHPC_BATCH_JOB=\"{job_id}\"",
         "export ARIHPC_JOB_START=$(date +%s)",
-        # The batch system kills the job at start + walltime: stages must end before it.
-        f"export ARIHPC_DEADLINE=$((ARIHPC_JOB_START + {profile.walltime_s}))",
+        # The batch system kills the job at start + walltime, and the worker leaves (its
+        # --lifetime) drain-margin before that: stages must end before the worker leaves.
+        f"export ARIHPC_DEADLINE=$((ARIHPC_JOB_START + {deadline_s(profile)}))",
         f"export ARIHPC_SCRATCH={shlex.quote(profile.storage.scratch)}",
         "export TMPDIR=\"$ARIHPC_SCRATCH\"",     # CASA's temporary files go to node scratch
         *profile.prologue,
@@ -73,7 +86,7 @@ def log_folder(profile: SiteProfile) -> str:
 
 def job_options(profile: SiteProfile, node_class: NodeClass) -> dict:
     """dask-jobqueue Job keyword arguments for one node class of a site."""
-    resources = f"slots={node_class.slots},memory_gb={node_class.job_memory_gb:g}"
+    resources = ",".join(f"{k}={v:g}" for k, v in worker_resources(profile, node_class).items())
     return {
         "cores": node_class.job_cores,
         "memory": f"{node_class.job_memory_gb:g}GB",
@@ -90,7 +103,7 @@ def job_options(profile: SiteProfile, node_class: NodeClass) -> dict:
         "worker_extra_args": [
             "--resources", resources,
             # A worker leaves before the walltime cut; a fresh job continues its MOUS.
-            "--lifetime", f"{profile.walltime_s - profile.drain_margin_s}s",
+            "--lifetime", f"{deadline_s(profile)}s",
         ],
         **batch_module(profile).resource_options(node_class),
     }
@@ -132,7 +145,7 @@ def local_environment(profile: SiteProfile, node_class: NodeClass) -> dict[str, 
     start = int(time.time())
     return {"ARIHPC_SITE": profile.name, "ARIHPC_NODE_CLASS": node_class.name,
             "ARIHPC_BATCH_JOB": f"local-{os.getpid()}", "ARIHPC_JOB_START": str(start),
-            "ARIHPC_DEADLINE": str(start + profile.walltime_s),
+            "ARIHPC_DEADLINE": str(start + deadline_s(profile)),
             "ARIHPC_SCRATCH": profile.storage.scratch, "TMPDIR": profile.storage.scratch}
 
 
@@ -140,7 +153,8 @@ BACKENDS: dict[str, Backend] = {
     **{name: _jobqueue_backend(module) for name, module in BATCH_MODULES.items()},
     "local": Backend(lambda profile, dashboard: local.start_cluster(dashboard),
                      lambda profile, node_class, cluster: local.worker_spec(
-                         node_class, local_environment(profile, node_class))),
+                         node_class, worker_resources(profile, node_class),
+                         local_environment(profile, node_class))),
 }
 
 
@@ -204,6 +218,17 @@ class SiteCluster:
         for name, count in wanted.items():
             if count > len(live.get(name, [])):
                 self.add_jobs(count - len(live.get(name, [])), name)
+
+    def cancel_orphans(self) -> list[str]:
+        """Cancel this site's batch jobs that this scheduler did not start: the jobs of an
+        ``arihpc run`` that was killed (kill -9, a crashed login node). Their workers would
+        otherwise keep MOUS locked until their scheduler timeout. Returns the job ids."""
+        ours = {getattr(job, "job_id", None) for job in self.cluster.workers.values()}
+        orphans = [job.job_id for job in read_queue(self.profile)
+                   if job.state in (JobState.PENDING, JobState.RUNNING) and job.job_id not in ours]
+        if orphans:
+            run_command([self.cluster.job_cls.cancel_command, *orphans], timeout=60, check=False)
+        return orphans
 
     def _forget_ended(self) -> None:
         if self.profile.batch_system == "local":

@@ -49,6 +49,7 @@ class Storage:
     work_dir: str
     scratch: str
     staging_gb: float
+    io_slots: int
     stripe_count: int
     stripe_min_gb: float
 
@@ -205,6 +206,7 @@ def _storage(reader: _Reader, value: Any, defaults: dict) -> Storage:
         kind=_choice(reader, "storage.kind", fields["kind"], STORAGE_KINDS),
         work_dir=str(fields["work-dir"]), scratch=str(fields["scratch"]),
         staging_gb=_number(reader, "storage.staging-gb", fields["staging-gb"]),
+        io_slots=_number(reader, "storage.io-slots", fields["io-slots"], 0, integer=True),
         stripe_count=_number(reader, "storage.stripe-count", fields["stripe-count"], 1,
                              integer=True),
         stripe_min_gb=_number(reader, "storage.stripe-min-gb", fields["stripe-min-gb"]))
