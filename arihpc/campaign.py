@@ -36,6 +36,8 @@ from arihpc.store_campaign import CampaignStore, Claim
 
 log = logging.getLogger(__name__)
 GB = 1e9
+PACE_AFTER = 3          # MOUS done in this run before the ETA follows the pace seen
+REFIT_EVERY = 10        # MOUS done between two fits of the planning model
 
 
 @dataclass
@@ -66,6 +68,9 @@ class Tally:
     retried: int = 0
     recovered: int = 0
     started: float = field(default_factory=time.time)
+    left: int | None = None             # MOUS of the campaign not yet done or failed
+    eta_s: float | None = None          # until they are, at this site's pace
+    eta_basis: str = "model"            # "model" (planning) or "pace" (seen in this run)
 
 
 class Orchestrator:
@@ -81,6 +86,7 @@ class Orchestrator:
         self.futures: dict = {}             # future -> Item
         self.claimed = 0
         self.pool = WorkerPool(client)
+        self._estimated = 0.0
 
     @property
     def capacity(self) -> int:
@@ -115,6 +121,7 @@ class Orchestrator:
             self.pool.retire_idle_draining()
             self._collect()
             self._repark_orphans()
+            self._estimate()
             self.progress(self.tally)
         if stop.is_set():
             self._abandon()
@@ -124,6 +131,22 @@ class Orchestrator:
         runtime, memory = planning.default_models()
         sizes, hours, peaks = self.store.history()
         return (planning.fit(sizes, hours, runtime), planning.fit(sizes, peaks, memory))
+
+    def _estimate(self, every_s: float = 5.0) -> None:
+        """ETA: the planning model's run times of what is left over this site's MOUS slots,
+        until this run has finished a few MOUS; then the pace seen."""
+        if time.time() - self._estimated < every_s:
+            return
+        self._estimated = time.time()
+        left = self.store.remaining_sizes()
+        self.tally.left = len(left)
+        if self.tally.done >= PACE_AFTER:
+            pace = (time.time() - self.tally.started) / self.tally.done
+            self.tally.eta_s, self.tally.eta_basis = pace * len(left), "pace"
+            return
+        predictions = [planning.predict(size, *self.models) for size in left]
+        self.tally.eta_s = planning.campaign_hours(predictions, self.capacity) * 3600
+        self.tally.eta_basis = "model"
 
     # --- claiming and submitting ---
 
@@ -265,6 +288,8 @@ class Orchestrator:
             self.store.finish_attempt(item.attempt, result, "done")
             self.tally.done += 1
             self.items.remove(item)
+            if self.tally.done % REFIT_EVERY == 0:
+                self.models = self._models()
         elif outcome.status in ("yielded", "interrupted"):
             self.store.finish_attempt(item.attempt, result, "queued", item.task.memory_gb)
             self.tally.resumed += 1

@@ -160,6 +160,15 @@ class CampaignStore(Store):
         return ([r[0] / 1e9 for r in rows], [r[1] / 3600 for r in rows],
                 [r[2] / 1e9 for r in rows])
 
+    def remaining_sizes(self) -> list[float | None]:
+        """Raw size in GB (None: unknown) of each selected MOUS not yet done, failed or
+        cancelled."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(mous.c.size_bytes).where(
+                mous.c.selected.is_(True),
+                mous.c.state.not_in(("done", "failed", "cancelled")))).all()
+        return [r[0] / 1e9 if r[0] else None for r in rows]
+
     def remaining(self) -> int:
         """Selected MOUS not yet done, failed or cancelled."""
         with self.engine.connect() as conn:

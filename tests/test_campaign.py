@@ -154,3 +154,24 @@ def test_kill_9_of_the_orchestrator_loses_nothing_and_runs_no_stage_twice(tmp_pa
             assert (uid, stage, check["start"]) in set(rows)
             log = (tmp_path / "work" / disk_name(uid) / "log" / f"{stage}.log").read_text()
             assert log.count(f"stage {stage} done") == 1    # no stage completed twice
+
+
+def test_eta_follows_the_planning_model_then_the_pace_seen(tmp_path):
+    url, uids = campaign(tmp_path, 4)
+    (tmp_path / "sizes.csv").write_text("uid,size_bytes,size_source\n" + "".join(
+        f"{u},{(i + 1) * 10_000_000_000},datalink\n" for i, u in enumerate(uids)))
+    assert run(url, "catalog", "import", tmp_path / "sizes.csv").exit_code == 0
+    profile = site_profile(tmp_path, "  one: {cores: 1, memory: 1GB, slots: 2}\n", max_jobs=3)
+    store = CampaignStore.open(url)
+    orchestrator = Orchestrator(store, profile, None, None, "emulator", {}, tmp_path)
+    orchestrator.models = orchestrator._models()
+    orchestrator._estimate()
+    runtime = orchestrator.models[0]
+    expected = sum(runtime(size) for size in (10, 20, 30, 40)) / 6 * 3600     # 6 MOUS slots
+    assert orchestrator.tally.left == 4
+    assert orchestrator.tally.eta_basis == "model"
+    assert abs(orchestrator.tally.eta_s - expected) < 1e-6 * expected
+    orchestrator.tally.done, orchestrator.tally.started = 3, time.time() - 30
+    orchestrator._estimate(every_s=0)
+    assert orchestrator.tally.eta_basis == "pace"
+    assert 39 < orchestrator.tally.eta_s < 42                # 10 s per MOUS, 4 left
