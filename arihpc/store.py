@@ -316,6 +316,13 @@ class Store:
             return [Decision(r.uid, bool(r.selected), r.tier, tuple(r.reasons.split()),
                              tuple(r.flags.split()), r.priority) for r in conn.execute(query)]
 
+    def states(self) -> dict[str, tuple[str, str | None]]:
+        """uid -> (campaign state, last failure class) of every selected MOUS."""
+        query = sa.select(mous.c.uid, mous.c.state, mous.c.error_class).where(
+            mous.c.selected.is_(True))
+        with self.engine.connect() as conn:
+            return {r.uid: (r.state, r.error_class) for r in conn.execute(query)}
+
     def undecided(self) -> int:
         """MOUS imported or changed since the last ``select`` (their decision is missing or old)."""
         query = sa.select(sa.func.count()).select_from(mous).where(

@@ -25,7 +25,8 @@ POSTGRES_URL_VAR = "ARIHPC_TEST_POSTGRES_URL"
 def _probe_postgres() -> str | None:
     if os.environ.get(POSTGRES_URL_VAR):
         return None
-    return f"{POSTGRES_URL_VAR} is not set: run scripts/test.sh, which installs and starts PostgreSQL"
+    return (f"{POSTGRES_URL_VAR} is not set: run scripts/test.sh, which installs and starts "
+            "PostgreSQL")
 
 
 def _probe_samples() -> str | None:
@@ -36,7 +37,8 @@ def _probe_samples() -> str | None:
 
 def _probe_slurm() -> str | None:
     if not (shutil.which("sbatch") and shutil.which("squeue") and shutil.which("scontrol")):
-        return "sbatch/squeue not on PATH: apt-get install slurm-wlm, then scripts/local-slurm.sh start"
+        return ("sbatch/squeue not on PATH: apt-get install slurm-wlm, then "
+                "scripts/local-slurm.sh start")
     try:
         ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=15)
     except subprocess.TimeoutExpired:
@@ -48,7 +50,8 @@ def _probe_slurm() -> str | None:
 
 def _probe_pbs() -> str | None:
     if not (shutil.which("qsub") and shutil.which("qstat")):
-        return "qsub/qstat not on PATH: apt-get install slurm-wlm-torque, then scripts/local-slurm.sh start"
+        return ("qsub/qstat not on PATH: apt-get install slurm-wlm-torque, then "
+                "scripts/local-slurm.sh start")
     return _probe_slurm()  # SLURM's PBS wrappers submit to SLURM
 
 
@@ -64,7 +67,8 @@ def _probe_browser() -> str | None:
     return "chromium is not on PATH: apt-get install chromium"
 
 
-# Marker name -> probe returning None when the component is available, else why not and how to get it.
+# Marker name -> probe returning None when the component is available, else why not and how
+# to get it.
 COMPONENTS: dict[str, Callable[[], str | None]] = {
     "postgres": _probe_postgres,
     "samples": _probe_samples,

@@ -175,3 +175,16 @@ def test_eta_follows_the_planning_model_then_the_pace_seen(tmp_path):
     orchestrator._estimate(every_s=0)
     assert orchestrator.tally.eta_basis == "pace"
     assert 39 < orchestrator.tally.eta_s < 42                # 10 s per MOUS, 4 left
+
+
+def test_progress_bar_shows_counts_and_the_eta_on_a_terminal(monkeypatch, capsys):
+    from arihpc.campaign import Tally
+    from arihpc.cli_campaign import duration, progress
+
+    assert (duration(90), duration(3 * 3600), duration(5 * 86400)) == ("2 min", "3.0 h", "5.0 d")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    show = progress(store=None, width=10)
+    show(Tally(done=3, failed=1, left=4, eta_s=7200, eta_basis="pace"))
+    line = capsys.readouterr().err
+    assert line.startswith("\r[#####.....] done 3  failed 1") and "left 4" in line
+    assert line.rstrip().endswith("ETA 2.0 h (pace)")

@@ -1,0 +1,145 @@
+"""``arihpc demo``: the generated archive export, then the whole campaign from a fresh directory
+(real CASA, and the emulator), then a second run in the same directory that does nothing."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from astropy.io import fits
+from click.testing import CliRunner
+
+from arihpc import catalog, demo, demo_data, selection
+from arihpc.cli import main
+from arihpc.mous import disk_name
+from arihpc.store import attempts, mous, stages
+
+
+def run_demo(directory: Path, *args: str, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "arihpc.cli", "demo", "--dir", str(directory),
+                           *args], capture_output=True, text=True, timeout=timeout,
+                          env={k: v for k, v in os.environ.items() if k != "ARIHPC_STORE"})
+
+
+def campaign_rows(directory: Path) -> dict:
+    """The attempts and stages the store holds, and each MOUS's state and raw size."""
+    engine = sa.create_engine(f"sqlite:///{directory / 'arihpc.db'}")
+    try:
+        with engine.connect() as conn:
+            return {"attempts": sorted(map(tuple, conn.execute(sa.select(attempts)))),
+                    "stages": sorted(map(tuple, conn.execute(sa.select(stages)))),
+                    "mous": {r.uid: (r.state, r.size_bytes) for r in conn.execute(
+                        sa.select(mous.c.uid, mous.c.state, mous.c.size_bytes)
+                        .where(mous.c.selected.is_(True)))}}
+    finally:
+        engine.dispose()
+
+
+def summary_of(stdout: str) -> str:
+    """The summary block without its timing."""
+    return re.sub(r", \d+ s\)", ")", stdout[stdout.index("\nsummary:"):])
+
+
+def check_two_runs(directory: Path, args: list[str], timeout: float) -> tuple[str, dict]:
+    """First run: both selected MOUS done, the two excluded shown with their reasons. Second
+    run: nothing built, imported, decided or run again; the same summary. Returns the first
+    run's output and the store's rows."""
+    first = run_demo(directory, *args, timeout=timeout)
+    assert first.returncode == 0, first.stdout + first.stderr[-3000:]
+    out = first.stdout
+    assert re.search(r"X5a3 .* excluded: qa2-fail", out) and \
+        re.search(r"X5a7 .* excluded: total-power", out), out
+    assert "making the raw data of 2 MOUS" in out
+    assert "summary: 2 of 2 selected MOUS done, 0 failed" in out, out
+    rows = campaign_rows(directory)
+    assert {state for state, _ in rows["mous"].values()} == {"done"}
+    assert len(rows["attempts"]) == 2
+    archive_times = {p: p.stat().st_mtime_ns for p in (directory / "archive").rglob("*")}
+
+    second = run_demo(directory, timeout=timeout)
+    assert second.returncode == 0, second.stdout + second.stderr[-3000:]
+    assert "nothing to do: 2 MOUS already done" in second.stdout, second.stdout
+    assert "making the raw data" not in second.stdout and "(reused)" in second.stdout
+    assert "0 new, 0 updated, 4 unchanged" in second.stdout
+    assert campaign_rows(directory) == rows
+    assert {p: p.stat().st_mtime_ns for p in (directory / "archive").rglob("*")} == archive_times
+    assert summary_of(second.stdout) == summary_of(out)
+    return out, rows
+
+
+def test_generated_export_is_an_aq_tsv_that_shows_every_exclusion(tmp_path):
+    path = tmp_path / "export.tsv"
+    demo_data.write_export(path, demo_data.demo_rows(12))
+    assert catalog.detect_format(path) == "aq-tsv"
+    read = catalog.read_catalog(path)
+    assert not read.errors and len(read.records) == 12
+    verdicts = selection.select(read.records.values())
+    assert sum(v.selected for v in verdicts) == 6
+    assert {v.tier for v in verdicts if v.selected} == {1, 2}
+    reasons = {r for v in verdicts for r in v.reasons}
+    assert reasons == {"qa2-fail", "total-power", "cycle", "solar", "full-pol", "vlbi"}
+    assert len({r.uid for r in demo_data.demo_rows(30)}) == 30
+
+
+def test_without_casa_the_emulator_runs_and_says_why(monkeypatch):
+    monkeypatch.setattr(demo, "casa_installed", lambda: False)
+    payload, why = demo.choose_payload(None, None)
+    assert payload == "emulator" and "CASA is not installed" in why
+    with pytest.raises(demo.DemoError, match="needs CASA"):
+        demo.choose_payload("casa", None)
+
+
+def test_a_directory_that_is_not_a_demo_is_left_alone(tmp_path):
+    (tmp_path / "thesis.tex").write_text("precious")
+    result = CliRunner().invoke(main, ["demo", "--dir", str(tmp_path), "--payload", "emulator"])
+    assert result.exit_code == 1 and "not an arihpc demo directory" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis.tex"]
+
+
+def test_help_explains_the_demo():
+    result = CliRunner().invoke(main, ["demo", "--help"])
+    assert result.exit_code == 0
+    for words in ("archive export", "simobserve", "127.0.0.1", "again"):
+        assert words in result.output
+
+
+def test_emulator_demo_runs_the_campaign_then_does_nothing(tmp_path):
+    directory = tmp_path / "demo"
+    out, rows = check_two_runs(directory, ["--mous", "4", "--payload", "emulator"], timeout=180)
+    assert "payload emulator: asked for with --payload" in out
+    for uid in ("uid://A001/X1b4/X5a1", "uid://A001/X1b4/X5a5"):
+        disk = disk_name(uid)
+        served = directory / "archive" / disk / f"{disk}.asdm.bin"
+        fetched = directory / "work" / disk / "fetch" / served.name
+        # fetched over HTTP from the demo's archive, checksum and all
+        assert fetched.read_bytes() == served.read_bytes()
+        assert (directory / "work" / disk / "export" / "export.out").is_file()
+        assert rows["mous"][uid][1] == demo_data.EMULATED_BYTES     # size from the DataLink
+    changed = run_demo(directory, "--mous", "5", timeout=60)
+    assert changed.returncode == 1 and "made with --mous 4 --payload emulator" in changed.stderr
+
+
+@pytest.mark.casa
+def test_casa_demo_makes_fits_products_then_does_nothing(tmp_path):
+    directory = tmp_path / "demo"
+    out, _ = check_two_runs(directory, ["--mous", "4"], timeout=400)
+    assert "payload casa: CASA 6 is installed" in out
+    for uid, source in (("uid://A001/X1b4/X5a1", "NGC3256"), ("uid://A001/X1b4/X5a5", "Arp220")):
+        export = directory / "work" / disk_name(uid) / "export"
+        products = sorted(export.glob("*.fits"))
+        names = [p.name for p in products]
+        assert names == [f"member.{disk_name(uid)}.{source}_sci.{kind}.I.pbcor.fits"
+                         for kind in ("spw0.cube", "spw0_1.cont", "spw1.cube")]
+        for product in products:
+            assert product.name in out
+            with fits.open(product) as hdul:
+                header, data = hdul[0].header, hdul[0].data
+                assert data is not None and data.size > 0 and (data == data).any()
+                assert {"BMAJ", "BMIN"} <= set(header)
+        manifest = json.loads((directory / "archive" / disk_name(uid) / "MANIFEST.json")
+                              .read_text())
+        assert manifest["files"][0]["name"].endswith(".ms.tar")
