@@ -79,6 +79,10 @@ def test_with_one_slot_mous_start_in_queue_order(tmp_path):
         started = [r.uid for r in conn.execute(sa.select(attempts.c.uid)
                                                .order_by(attempts.c.started_at))]
     assert started == queue and len(queue) == 6
+    with store.engine.connect() as conn:        # and compute (after each fetch) in that order
+        computed = [r.uid for r in conn.execute(sa.select(stages.c.uid).where(
+            stages.c.stage == "restore").order_by(stages.c.started_at))]
+    assert computed == queue
     assert store.status()["states"] == {"done": 6}
 
 
