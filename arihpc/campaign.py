@@ -91,7 +91,7 @@ class Orchestrator:
     @property
     def capacity(self) -> int:
         """MOUS computing at once: every job of the site with its slots."""
-        return self.profile.max_jobs * max(c.slots for c in self.profile.node_classes)
+        return self.profile.mous_slots
 
     @property
     def lookahead(self) -> int:
@@ -100,6 +100,16 @@ class Orchestrator:
 
     def run(self, stop: threading.Event) -> Tally:
         """Work until nothing is left to claim and nothing runs, or ``stop`` is set."""
+        # Where the dashboards find this site's scheduler (arihpc/monitor/live.py).
+        self.store.log_event("site-start", site=self.profile.name, owner=self.owner,
+                             scheduler=self.cluster.cluster.scheduler_address,
+                             dashboard=self.cluster.cluster.dashboard_link)
+        try:
+            return self._run(stop)
+        finally:
+            self.store.log_event("site-stop", site=self.profile.name, owner=self.owner)
+
+    def _run(self, stop: threading.Event) -> Tally:
         orphans = self.cluster.cancel_orphans()
         if orphans:
             log.warning("cancelled %d batch job(s) of an earlier run of %s: %s", len(orphans),
@@ -169,7 +179,7 @@ class Orchestrator:
         if memory_gb is None:
             memory_gb = planning.predict(size_gb, *self.models).memory_gb
         node_class = planning.node_class_for(self.profile, memory_gb, size_gb)
-        number = self.store.start_attempt(claim.uid, self.profile.name, memory_gb)
+        number = self.store.start_attempt(claim.uid, self.profile.name, memory_gb, "staging")
         if node_class is None:
             self.store.finish_attempt(number, {
                 "uid": claim.uid, "status": "failed", "error_class": "needs-bigger-node",
@@ -203,6 +213,8 @@ class Orchestrator:
         item.worker = worker
 
     def _compute(self, item: Item, worker: str | None = None) -> None:
+        if item.phase != "parked":
+            self.store.computing(item.claim.uid)
         item.phase = "computing"
         self._send(item, item.task, f"{disk_name(item.claim.uid)}-a{item.attempt}",
                    {"slots": 1, "memory_gb": item.task.memory_gb}, worker)

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 import click
 import yaml
 
-from arihpc import __version__, catalog, cli_campaign, config, ordering, selection
+from arihpc import __version__, catalog, cli_campaign, cli_monitor, config, ordering, selection
 from arihpc.errors import ArihpcError, CatalogError, ProfileError
 from arihpc.mous import MousRecord, cycle_of, parse_uid
 from arihpc.sites import cluster, profile
@@ -361,8 +361,9 @@ def classify_command(logfile: str, output: str) -> None:
         emit([row], ("class", "line"), output)
 
 
-# The campaign commands (run, status, resume, retry, cancel, demo) live in cli_campaign.
-for _command in cli_campaign.COMMANDS:
+# The campaign commands (run, resume, retry, cancel, demo) live in cli_campaign; the
+# read-only views (status, dashboard, report) in cli_monitor.
+for _command in cli_campaign.COMMANDS + cli_monitor.COMMANDS:
     main.add_command(_command)
 
 

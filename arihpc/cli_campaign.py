@@ -1,4 +1,4 @@
-"""The campaign commands of ``arihpc``: run, status, resume, retry, cancel, demo.
+"""The campaign commands of ``arihpc``: run, resume, retry, cancel, demo.
 
 Part of the command-line layer (with arihpc/cli.py, which registers them): they print.
 """
@@ -22,7 +22,7 @@ from arihpc.mous import parse_uid
 from arihpc.sites import profile
 
 
-def _campaign_store(ctx: click.Context):
+def campaign_store(ctx: click.Context):
     from arihpc.store_campaign import CampaignStore
 
     store = CampaignStore.open(ctx.find_root().obj["store"])
@@ -80,7 +80,7 @@ def run_command(ctx: click.Context, site: str, max_jobs: int | None, limit: int 
     site_profile = profile.load_profile(site)
     if max_jobs:
         site_profile = dataclasses.replace(site_profile, max_jobs=max_jobs)
-    store = _campaign_store(ctx)
+    store = campaign_store(ctx)
     stop = stop_on_signals()
     tally = run_site(store, site_profile, payload or site_profile.payload,
                      campaign_options(site_profile, json.loads(payload_options)), limit, stop,
@@ -120,32 +120,13 @@ def progress(store, width: int = 24):
     return show
 
 
-@click.command("status")
-@click.option("--format", "output", type=click.Choice(["table", "json"]), default="table",
-              show_default=True, help="Output format.")
-@click.pass_context
-def status_command(ctx: click.Context, output: str) -> None:
-    """Counts by state, site and failure class, and the MOUS running now."""
-    report = _campaign_store(ctx).status()
-    if output == "json":
-        click.echo(json.dumps(report, indent=1, sort_keys=True))
-        return
-    for title in ("states", "sites", "failure_classes"):
-        click.echo(f"{title.replace('_', ' ')}: " + (", ".join(
-            f"{k} {v}" for k, v in sorted(report[title].items())) or "none"))
-    click.echo(f"excluded: {report['excluded']}")
-    for item in report["running"]:
-        click.echo(f"running: {item['uid']} at {item['site']}, next stage "
-                   f"{item['stage'] or 'first'}")
-
-
 @click.command("resume")
 @click.argument("uids", nargs=-1)
 @click.pass_context
 def resume_command(ctx: click.Context, uids: tuple[str, ...]) -> None:
     """Give interrupted, waiting or cancelled MOUS (all, or UIDs) back to the queue."""
     chosen = [parse_uid(u) for u in uids] or None
-    count = _campaign_store(ctx).set_state(chosen, "new", ("waiting", "cancelled", "queued"))
+    count = campaign_store(ctx).set_state(chosen, "new", ("waiting", "cancelled", "queued"))
     click.echo(f"{count} MOUS back in the queue")
 
 
@@ -158,7 +139,7 @@ def retry_command(ctx: click.Context, error_class: str | None, uids: tuple[str, 
     if not error_class and not uids:
         raise click.UsageError("give --class CLASS or --uid UID")
     chosen = [parse_uid(u) for u in uids] or None
-    count = _campaign_store(ctx).set_state(chosen, "new", ("failed",), error_class)
+    count = campaign_store(ctx).set_state(chosen, "new", ("failed",), error_class)
     click.echo(f"{count} failed MOUS back in the queue")
 
 
@@ -167,7 +148,7 @@ def retry_command(ctx: click.Context, error_class: str | None, uids: tuple[str, 
 @click.pass_context
 def cancel_command(ctx: click.Context, uids: tuple[str, ...]) -> None:
     """Take MOUS out of the campaign (not claimed again until resumed)."""
-    count = _campaign_store(ctx).set_state([parse_uid(u) for u in uids], "cancelled",
+    count = campaign_store(ctx).set_state([parse_uid(u) for u in uids], "cancelled",
                                            ("new", "waiting", "queued", "failed"))
     click.echo(f"{count} MOUS cancelled")
 
@@ -341,5 +322,5 @@ def _human(size: float) -> str:
     return f"{size:.1f} {unit}"
 
 
-COMMANDS = [run_command, status_command, resume_command, retry_command, cancel_command,
+COMMANDS = [run_command, resume_command, retry_command, cancel_command,
             demo_command]

@@ -23,7 +23,7 @@ from arihpc.errors import StoreError
 from arihpc.mous import FIELDS, MousRecord, from_columns, to_columns
 from arihpc.selection import Verdict
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = sa.MetaData()
 
@@ -37,8 +37,9 @@ CAMPAIGN_COLUMNS = (
     ("not_before", sa.Float),           # a retry waits until then
     ("updated_at", sa.Float),
 )
-# version -> columns of mous it added (older stores are upgraded in place, data kept)
-MIGRATIONS = {2: CAMPAIGN_COLUMNS}
+# version -> (table, column, type) it added (older stores are upgraded in place, data kept)
+MIGRATIONS = {2: [("mous", *column) for column in CAMPAIGN_COLUMNS],
+              3: [("attempts", "peak_rss", sa.BigInteger)]}
 
 meta = sa.Table(
     "arihpc_meta", metadata,
@@ -88,6 +89,7 @@ attempts = sa.Table(
     sa.Column("error_class", sa.String(32)),
     sa.Column("message", sa.Text),
     sa.Column("memory_gb", sa.Float),
+    sa.Column("peak_rss", sa.BigInteger),           # largest process tree of its stages
 )
 
 stages = sa.Table(
@@ -204,10 +206,14 @@ class Store:
     def _migrate(conn: Connection, found: int) -> None:
         """Upgrade an older store in place: add the columns later versions brought."""
         preparer = conn.dialect.identifier_preparer
+        inspector = sa.inspect(conn)
         for version in range(found + 1, SCHEMA_VERSION + 1):
-            for name, kind in MIGRATIONS.get(version, ()):
+            for table, name, kind in MIGRATIONS.get(version, ()):
+                if name in {c["name"] for c in inspector.get_columns(table)}:
+                    continue        # a table this store never had was created whole
                 ddl = sa.types.to_instance(kind).compile(dialect=conn.dialect)
-                conn.exec_driver_sql(f"ALTER TABLE mous ADD COLUMN {preparer.quote(name)} {ddl}")
+                conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN "
+                                     f"{preparer.quote(name)} {ddl}")
         conn.execute(meta.update().where(meta.c.key == "schema_version").values(
             value=str(SCHEMA_VERSION)))
 

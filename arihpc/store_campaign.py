@@ -4,8 +4,9 @@ Only the orchestrator writes these (workers report through dask). A claim is exc
 PostgreSQL the candidate rows are locked with ``FOR UPDATE SKIP LOCKED``, and on both
 databases the claim is a conditional update, so two orchestrators never take the same MOUS.
 
-MOUS states: new (never claimed, or given back) -> queued (claimed by a site) -> running
--> done | failed (final) | waiting (a retry after not_before) | cancelled.
+MOUS states: new (never claimed, or given back) -> queued (claimed by a site) -> staging
+(its attempt began: data fetched ahead of compute) -> running -> done | failed (final) |
+waiting (a retry after not_before) | cancelled.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sqlalchemy as sa
 
 from arihpc.store import Store, attempts, mous, stages
 
-ACTIVE = ("queued", "running")
+ACTIVE = ("queued", "staging", "running")
 
 
 @dataclass(frozen=True)
@@ -62,14 +63,23 @@ class CampaignStore(Store):
         return conn.execute(sa.select(sa.func.count()).select_from(attempts)
                             .where(attempts.c.uid == uid)).scalar_one()
 
-    def start_attempt(self, uid: str, site: str, memory_gb: float | None) -> int:
+    def start_attempt(self, uid: str, site: str, memory_gb: float | None,
+                      state: str = "running") -> int:
+        """Open an attempt; its MOUS is ``staging`` (its data being fetched ahead of compute)
+        or ``running``."""
         with self.engine.begin() as conn:
             attempt = conn.execute(attempts.insert().values(
                 uid=uid, site=site, started_at=time.time(), memory_gb=memory_gb)
             ).inserted_primary_key[0]
             conn.execute(mous.update().where(mous.c.uid == uid).values(
-                state="running", updated_at=time.time()))
+                state=state, updated_at=time.time()))
         return attempt
+
+    def computing(self, uid: str) -> None:
+        """A staging MOUS starts computing."""
+        with self.engine.begin() as conn:
+            conn.execute(mous.update().where(mous.c.uid == uid, mous.c.state == "staging")
+                         .values(state="running", updated_at=time.time()))
 
     def finish_attempt(self, attempt: int, result: dict, state: str,
                        memory_gb: float | None = None, not_before: float | None = None) -> None:
@@ -79,7 +89,8 @@ class CampaignStore(Store):
             conn.execute(attempts.update().where(attempts.c.id == attempt).values(
                 ended_at=time.time(), outcome=result["status"],
                 error_class=result.get("error_class"), message=result.get("message"),
-                batch_job=result.get("batch_job"), worker=result.get("worker")))
+                batch_job=result.get("batch_job"), worker=result.get("worker"),
+                peak_rss=result.get("peak_rss")))
             self._record_stages(conn, attempt, uid, result.get("records", {}))
             conn.execute(mous.update().where(mous.c.uid == uid).values(
                 state=state, error_class=result.get("error_class"),

@@ -20,7 +20,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 # Debian packages the tests use (installed only when running as root with apt-get).
-DEBIAN_PACKAGES=(postgresql slurm-wlm slurm-wlm-torque munge xvfb xauth fitsverify)
+DEBIAN_PACKAGES=(postgresql slurm-wlm slurm-wlm-torque munge xvfb xauth fitsverify chromium
+                 chromium-driver)
 
 PG_BIN=""       # directory holding initdb, pg_ctl, createdb
 PG_TMP=""       # this run's temporary directory: data/, log, socket

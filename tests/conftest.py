@@ -62,9 +62,12 @@ def _probe_casa() -> str | None:
 
 
 def _probe_browser() -> str | None:
-    if shutil.which("chromium"):
-        return None
-    return "chromium is not on PATH: apt-get install chromium"
+    missing = [name for name in ("chromium", "chromedriver") if not shutil.which(name)]
+    if missing:
+        return f"{' and '.join(missing)} not on PATH: apt-get install chromium chromium-driver"
+    if importlib.util.find_spec("selenium") is None:
+        return "selenium is not installed: pip install -e '.[test]'"
+    return None
 
 
 # Marker name -> probe returning None when the component is available, else why not and how

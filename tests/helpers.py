@@ -24,3 +24,11 @@ def snapshot(store_url: str) -> dict[str, list[tuple]]:
                     for name, table in metadata.tables.items()}
     finally:
         engine.dispose()
+
+
+def import_sizes(store_url: str, folder, sizes: dict[str, int]) -> None:
+    """Give MOUS their raw sizes (bytes), as a DataLink import would."""
+    path = folder / "sizes.csv"
+    path.write_text("uid,size_bytes,size_source\n"
+                    + "".join(f"{uid},{size},datalink\n" for uid, size in sizes.items()))
+    assert run(store_url, "catalog", "import", path).exit_code == 0

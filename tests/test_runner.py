@@ -66,6 +66,7 @@ def test_memory_guard_kills_within_two_seconds_and_the_retry_doubles_memory(tmp_
     started = time.time()
     outcome = run_mous(job)
     assert (outcome.status, outcome.stage, outcome.error_class) == ("failed", "restore", "oom")
+    assert outcome.peak_rss > 0.3e9         # the stage it cut: what the dashboard shows
     record = read_checkpoint(job.workdir, "fetch")
     # The stage grows ~1 GB/s once started (~0.2 s of Python start-up): it crosses 0.3 GB
     # about 0.5 s in, so start + crossing + kill within 2 s of crossing is under 2.5 s.
@@ -77,6 +78,8 @@ def test_memory_guard_kills_within_two_seconds_and_the_retry_doubles_memory(tmp_
     assert retry_task(job, outcome, failures_of_class=1) is None       # oom retries once
     resumed = run_mous(retry)
     assert resumed.status == "done" and resumed.stages_run == ("restore", "image", "export")
+    assert resumed.peak_rss == max(resumed.records[s]["peak_rss"]
+                                   for s in ("restore", "image", "export"))
 
 
 @pytest.mark.parametrize("kind, status", [("download", "failed"), ("segfault", "failed"),
@@ -106,6 +109,7 @@ def test_a_second_runner_on_the_same_mous_refuses_and_changes_nothing(tmp_path):
     stop.set()
     first.join(timeout=30)
     assert (results[0].status, results[0].error_class) == ("interrupted", "walltime")
+    assert results[0].peak_rss > 0
     assert not (job.workdir / "arihpc.lock").exists()
 
 

@@ -159,3 +159,25 @@ def test_a_version_1_store_is_upgraded_in_place(store_url):
         assert int(version.scalar()) == SCHEMA_VERSION
         assert conn.execute(sa.select(mous.c.site, mous.c.memory_gb)).one() == (None, None)
     store.close()
+
+
+def test_a_version_2_store_gains_the_attempts_peak_rss(store_url):
+    engine = sa.create_engine(store_url)
+    old = sa.MetaData()
+    for table in (meta, mous, attempts):
+        columns = [c._copy() for c in table.columns
+                   if not (table is attempts and c.name == "peak_rss")]
+        sa.Table(table.name, old, *columns)
+    old.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO arihpc_meta (key, value) VALUES ('schema_version', '2')"))
+        conn.execute(sa.text("INSERT INTO mous (uid, imported_at, state) "
+                             "VALUES ('uid://A001/X1/X1', 1.0, 'done')"))
+        conn.execute(sa.text("INSERT INTO attempts (uid, site, started_at, outcome) "
+                             "VALUES ('uid://A001/X1/X1', 'eso', 1.0, 'done')"))
+    engine.dispose()
+    store = Store.open(store_url)
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.select(attempts.c.outcome, attempts.c.peak_rss)).one() == (
+            "done", None)
+    store.close()

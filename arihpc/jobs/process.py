@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import psutil
 
@@ -71,8 +71,10 @@ def _signal_group(pgid: int, sig: int) -> None:
 def run_process(argv: Sequence[str], cwd: Path, log_path: Path,
                 memory_limit: int | None = None, timeout_s: float | None = None,
                 stop: threading.Event | None = None, poll_s: float = 0.2,
-                env: dict[str, str] | None = None) -> ProcessResult:
-    """Run ``argv`` in its own process group, stdout+stderr appended to ``log_path``."""
+                env: dict[str, str] | None = None,
+                on_sample: Callable[[int, float], None] | None = None) -> ProcessResult:
+    """Run ``argv`` in its own process group, stdout+stderr appended to ``log_path``.
+    ``on_sample`` gets the process tree's RSS and CPU seconds so far at every sample."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     rusage = _rusage_path(log_path)
@@ -86,6 +88,8 @@ def run_process(argv: Sequence[str], cwd: Path, log_path: Path,
     killed_for, signalled_at = None, None
     while proc.poll() is None:
         rss = sampler.sample()
+        if on_sample is not None:
+            on_sample(rss, sum(sampler.cpu.values()))
         reason = _why_stop(rss, memory_limit, time.monotonic() - start, timeout_s, stop)
         if reason and killed_for is None:
             killed_for, signalled_at = reason, time.monotonic()

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from arihpc import config
+from arihpc.jobs import live
 from arihpc.jobs import workdir as wd
 from arihpc.jobs.casa_version import CasaVersionError
 from arihpc.jobs.failures import classify, retry_policy
@@ -48,6 +49,7 @@ class Outcome:
     stages_run: tuple[str, ...] = ()
     records: dict = field(default_factory=dict)     # stage -> checkpoint written this run
     needs_s: float | None = None        # yielded: the time a job must have left to continue
+    peak_rss: int | None = None         # bytes: the largest process tree of this run's stages
 
 
 def _first_to_run(task: MousTask, plan: list[StageSpec]) -> int:
@@ -74,9 +76,11 @@ def _run_stage(task: MousTask, stage: StageSpec, stop: threading.Event | None):
         shutil.rmtree(out)          # a stage cut earlier left partial outputs
     log_path = task.workdir / "log" / f"{stage.name}.log"
     started = time.time()
-    result = run_process(stage.argv, cwd=task.workdir, log_path=log_path,
-                         memory_limit=stage.memory_limit, stop=stop,
-                         timeout_s=float(config.get("runner.stage-timeout-s")))
+    with live.running(task.uid, stage.name, task.attempt) as now:
+        result = run_process(stage.argv, cwd=task.workdir, log_path=log_path,
+                             memory_limit=stage.memory_limit, stop=stop,
+                             timeout_s=float(config.get("runner.stage-timeout-s")),
+                             on_sample=now.sample)
     return result, started, log_path
 
 
@@ -93,7 +97,8 @@ def _failure(task: MousTask, stage: StageSpec, result, log_path: Path, done: lis
         name, line = found.name or "unknown", found.line
     status = "interrupted" if name == "walltime" else "failed"
     return Outcome(task.uid, status, stage.name, name, line,
-                   tuple([line or ""] + lines[-LOG_TAIL:]), tuple(done))
+                   tuple([line or ""] + lines[-LOG_TAIL:]), tuple(done),
+                   peak_rss=result.peak_rss or None)
 
 
 def _adopt(task: MousTask, stage: StageSpec) -> dict | None:
@@ -125,9 +130,12 @@ def run_mous(task: MousTask, deadline: float | None = None, owner: str | None = 
     except wd.MousLocked as e:
         return Outcome(task.uid, "failed", None, "lock", str(e), (str(e),))
     try:
-        return _run_stages(task, deadline, stop)
+        outcome = _run_stages(task, deadline, stop)
     finally:
         lock.release()
+    ran = [r["peak_rss"] for r in outcome.records.values()
+           if r and r.get("attempt") == task.attempt and r.get("peak_rss")]
+    return replace(outcome, peak_rss=max([outcome.peak_rss or 0, *ran]) or None)
 
 
 def _run_stages(task: MousTask, deadline: float | None, stop: threading.Event | None):
@@ -186,6 +194,7 @@ def run_in_worker(task: MousTask) -> dict:
     from distributed.core import Status
 
     worker = get_worker()
+    live.publish(worker)
     stop, finished = threading.Event(), threading.Event()
 
     def watch() -> None:

@@ -82,6 +82,11 @@ class SiteProfile:
     payload: str = "casa"
     archive: str | None = None
 
+    @property
+    def mous_slots(self) -> int:
+        """MOUS computing at once at most: every job of the site with its slots."""
+        return self.max_jobs * max(c.slots for c in self.node_classes)
+
     def node_class(self, name: str | None = None) -> NodeClass:
         """The named node class (default: the first one)."""
         if name is None:

@@ -1,0 +1,86 @@
+"""The data behind every view: ``arihpc status``, the dashboard's pages and ``/api/``, the report.
+
+A view is a JSON-ready dict. The live dashboard, ``/api/`` and ``arihpc status --format json``
+call the same functions, so they agree by construction and the tests check that they do.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Mapping
+
+from arihpc.errors import ProfileError
+from arihpc.monitor import live, stats
+from arihpc.sites.profile import SiteProfile, load_profile
+from arihpc.store_campaign import CampaignStore
+
+log = logging.getLogger(__name__)
+
+
+def profiles_for(store: CampaignStore, given: Mapping[str, SiteProfile] | None = None
+                 ) -> dict[str, SiteProfile | None]:
+    """Each site of the campaign (those given, and those seen in the store) with its profile,
+    found by name where not given; None when this machine has no profile of that name."""
+    found: dict[str, SiteProfile | None] = dict(given or {})
+    with store.engine.connect() as conn:
+        seen = stats.sites_seen(conn)
+    for name in seen:
+        if name not in found:
+            try:
+                found[name] = load_profile(name)
+            except ProfileError:
+                found[name] = None
+    return dict(sorted(found.items()))
+
+
+def read_numbers(store: CampaignStore) -> stats.CampaignNumbers:
+    """The store's campaign numbers, read once for a page, a report or an API answer."""
+    with store.engine.connect() as conn:
+        return stats.CampaignNumbers(conn)
+
+
+def campaign_view(numbers: stats.CampaignNumbers, profiles: Mapping[str, SiteProfile | None],
+                  site: str | None = None) -> dict:
+    """The whole campaign (site None) or one site's part, and the campaign's expected end
+    over the MOUS slots of the sites whose profiles are known."""
+    return {
+        "site": site,
+        "progress": numbers.progress(site),
+        "runs": numbers.runs(site),
+        "cut_peaks_gb": numbers.cut_peaks_gb(site),
+        "failure_classes": numbers.failure_classes(site),
+        "throughput": numbers.throughput(site),
+        "expected_end": numbers.expected_end(
+            sum(p.mous_slots for p in profiles.values() if p is not None)),
+    }
+
+
+def site_view(store: CampaignStore, site: str, site_profile: SiteProfile | None) -> dict:
+    """One site now: batch jobs, workers, running MOUS, with their sources' errors."""
+    with store.engine.connect() as conn:
+        return live.site_now(conn, site, site_profile)
+
+
+def site_views(store: CampaignStore, profiles: Mapping[str, SiteProfile | None]
+               ) -> dict[str, dict]:
+    """``site_view`` of every site."""
+    return {name: site_view(store, name, site_profile) for name, site_profile in profiles.items()}
+
+
+def resources_of(now: dict) -> dict:
+    """A site's line of ``arihpc status``: batch jobs pending and running, workers, memory
+    and CPU in use, MOUS running, its dask dashboard, and what could not be read."""
+    return {**now["resources"], "running_mous": len(now["running"]),
+            "dashboard": now["scheduler"].get("dashboard"),
+            "errors": [e for e in (now["queue_error"], now["scheduler"]["error"]) if e]}
+
+
+def status_report(store: CampaignStore, profiles: Mapping[str, SiteProfile | None]) -> dict:
+    """``arihpc status --format json`` and ``/api/status``: the store's counts, the progress
+    by state, and per site its batch jobs, workers and memory in use."""
+    report = store.status()
+    with store.engine.connect() as conn:
+        report["progress"] = stats.StateCounts(conn).progress()
+    report["resources"] = {name: resources_of(now)
+                           for name, now in site_views(store, profiles).items()}
+    return report

@@ -1,0 +1,185 @@
+"""The dashboard and the report in real headless Chromium (Debian chromium + chromedriver)."""
+import contextlib
+import io
+import json
+import re
+import subprocess
+import sys
+import time
+
+import dask.config
+import pytest
+from helpers import import_sizes, run
+from test_campaign import CONFIG_FILE, SETTINGS, campaign, ci_slurm_site, orchestrate
+from test_campaign import site_profile as local_site
+
+from arihpc.store_campaign import CampaignStore
+
+pytestmark = pytest.mark.browser
+
+# For each Bokeh figure (a div with data-root-id): how many of its canvases have pixels drawn
+# that are neither transparent nor white. Bokeh renders inside shadow roots, so walk them.
+DRAWN_PER_FIGURE = """
+const canvases = (node, found = []) => {
+  if (node.tagName === 'CANVAS') found.push(node);
+  if (node.shadowRoot) canvases(node.shadowRoot, found);
+  for (const child of node.children || []) canvases(child, found);
+  return found;
+};
+const drawn = (canvas) => {
+  if (!canvas.width || !canvas.height) return 0;
+  const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+  let count = 0;
+  for (let i = 0; i < data.length; i += 4) {
+    if (data[i + 3] > 0 && (data[i] < 235 || data[i + 1] < 235 || data[i + 2] < 235)) count++;
+  }
+  return count;
+};
+return [...document.querySelectorAll('[data-root-id]')].map(
+  (div) => Math.max(0, ...canvases(div).map(drawn)));
+"""
+
+
+@contextlib.contextmanager
+def chromium(offline: bool = False):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                     "--disable-dev-shm-usage", "--window-size=1300,2400"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+    try:
+        if offline:
+            driver.set_network_conditions(offline=True, latency=0, download_throughput=0,
+                                          upload_throughput=0)
+        yield driver
+    finally:
+        driver.quit()
+
+
+def rendered(driver, figures: int, timeout: float = 60) -> list[int]:
+    """Wait until ``figures`` Bokeh figures have drawn pixels; returns the counts per figure."""
+    deadline = time.time() + timeout
+    while True:
+        counts = driver.execute_script(DRAWN_PER_FIGURE)
+        if (len(counts) == figures and all(counts)) or time.time() > deadline:
+            return counts
+        time.sleep(0.5)
+
+
+def not_blank(png: bytes) -> float:
+    """Share of the screenshot's pixels that are not (near) white."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("L"))
+    return float((pixels < 235).mean())
+
+
+def table(driver, css: str) -> list[list[str]]:
+    from selenium.webdriver.common.by import By
+
+    return [[cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
+            for row in driver.find_elements(By.CSS_SELECTOR, f"table.{css} tbody tr")]
+
+
+def squeue_ids() -> list[str]:
+    out = subprocess.run(["squeue", "--noheader", "--format=%i|%j|%T"], capture_output=True,
+                         text=True, timeout=30, check=True).stdout
+    return sorted(line.split("|")[0] for line in out.splitlines()
+                  if line.split("|")[1].startswith("arihpc-ci-slurm-")
+                  and line.split("|")[2] in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING"))
+
+
+def store_counts(store: CampaignStore) -> dict[str, int]:
+    from arihpc.monitor import views
+
+    numbers = views.read_numbers(store).progress("ci-slurm")
+    return {k: v for k, v in numbers.items() if k != "failed_by_class"}
+
+
+@pytest.mark.slurm
+def test_site_page_shows_the_store_the_batch_jobs_and_drawn_plots(tmp_path):
+    url, uids = campaign(tmp_path, 6)
+    import_sizes(url, tmp_path, {u: 2_000_000_000 for u in uids})
+    path = ci_slurm_site(tmp_path)
+    (tmp_path / "c.yaml").write_text(CONFIG_FILE)
+    campaign_run = subprocess.Popen(
+        [sys.executable, "-m", "arihpc.cli", "--store", url, "--config", str(tmp_path / "c.yaml"),
+         "run", "--site", str(path), "--payload", "emulator",
+         "--payload-options", json.dumps({"cpu-s-per-gb": 1.5})],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    dashboard = subprocess.Popen([sys.executable, "-m", "arihpc.cli", "--store", url, "dashboard",
+                                  "--site", str(path), "--port", "0", "--refresh", "3"],
+                                 stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    store = CampaignStore.open(url)
+    try:
+        address = re.search(r"(http://\S+)", dashboard.stderr.readline()).group(1)
+        # wait for a MOUS whose running stage its worker reports to the scheduler
+        deadline = time.time() + 180
+        live = []
+        while time.time() < deadline and campaign_run.poll() is None:
+            site = json.loads(urlopen(f"{address}api/site/ci-slurm"))
+            live = [m for m in site["now"]["running"] if m["stage"] and m["peak_rss_gb"]]
+            if live and site["now"]["jobs"]:
+                break
+            time.sleep(1)
+        assert live, "no running stage reached the dashboard: " + (
+            campaign_run.stderr.read()[-3000:] if campaign_run.poll() is not None else "")
+        with chromium() as driver:
+            for _ in range(10):         # the campaign moves on: compare at a quiet moment
+                before, jobs_before = store_counts(store), squeue_ids()
+                driver.get(f"{address}site/ci-slurm")
+                shown = {row[0]: int(row[1]) for row in table(driver, "progress")}
+                jobs = sorted(row[0] for row in table(driver, "jobs"))
+                if before == store_counts(store) and jobs_before == squeue_ids() and jobs:
+                    break
+                time.sleep(0.5)
+            assert {k: shown.get(k) for k in before} == before
+            assert jobs == jobs_before and jobs
+            running = table(driver, "running")
+            assert running and any(row[2] in ("fetch", "restore", "image", "export")
+                                   and row[6].endswith("GB") for row in running)
+            counts = rendered(driver, 6)            # workers + the site's five
+            assert len(counts) == 6 and all(counts), counts
+            share = not_blank(driver.get_screenshot_as_png())
+            assert share > 0.03, f"screenshot nearly blank: {share:.3f} of pixels drawn"
+            assert "dask dashboard" in driver.page_source
+        assert campaign_run.wait(300) == 0, campaign_run.stderr.read()[-3000:]
+        assert store.status()["states"] == {"done": 6}
+    finally:
+        for process in (campaign_run, dashboard):
+            if process.poll() is None:
+                process.terminate()
+                process.wait(60)
+
+
+def urlopen(address: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(address, timeout=30) as response:
+        return response.read().decode()
+
+
+def test_the_report_opens_offline_with_every_figure_drawn(tmp_path):
+    url, uids = campaign(tmp_path, 4)
+    import_sizes(url, tmp_path, {u: (i + 1) * 200_000_000 for i, u in enumerate(uids)})
+    profile = local_site(tmp_path, "  one: {cores: 1, memory: 2GB, slots: 2}\n", max_jobs=1)
+    with dask.config.set(SETTINGS):
+        orchestrate(url, profile, {"cpu-s-per-gb": 0.02})
+    out = tmp_path / "report.html"
+    assert run(url, "report", "--out", out, "--site", profile.path).exit_code == 0
+    figures = out.read_text().count("data-root-id")
+    assert figures == 10
+    with chromium(offline=True) as driver:
+        driver.get(out.as_uri())
+        counts = rendered(driver, figures)
+        assert len(counts) == figures and all(counts), counts
+        fetched = driver.execute_script(
+            "return performance.getEntriesByType('resource').map(e => e.name)")
+        assert fetched == []                        # nothing loaded from anywhere
+        assert "Run time against raw size (4 MOUS done)" in driver.page_source
+        assert not_blank(driver.get_screenshot_as_png()) > 0.03
