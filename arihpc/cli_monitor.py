@@ -20,11 +20,15 @@ site_option = click.option(
          "the store names are found by name in site-configs/ and ~/.config/arihpc/sites/.")
 
 
+def _given(sites: tuple[str, ...]) -> dict:
+    """The --site profiles by name."""
+    return {p.name: p for p in (profile.load_profile(site) for site in sites)}
+
+
 def _profiles(store, sites: tuple[str, ...]) -> dict:
     from arihpc.monitor import views
 
-    given = {p.name: p for p in (profile.load_profile(site) for site in sites)}
-    return views.profiles_for(store, given)
+    return views.profiles_for(store, _given(sites))
 
 
 @click.command("status")
@@ -92,8 +96,7 @@ def dashboard_command(ctx: click.Context, sites: tuple[str, ...], host: str, por
     if server.needs_token(host) and not token:
         token = server.new_token()
     store = campaign_store(ctx)
-    given = {p.name: p for p in (profile.load_profile(site) for site in sites)}
-    app = server.make_app(store, given, token, refresh)
+    app = server.make_app(store, _given(sites), token, refresh)
     try:
         _, port = server.listen(app, host, port)
     except OSError as e:

@@ -10,7 +10,6 @@ with the reason, and the rest of the page still shows.
 from __future__ import annotations
 
 import json
-import logging
 import time
 import urllib.error
 import urllib.request
@@ -23,8 +22,6 @@ from arihpc.jobs.live import METRIC
 from arihpc.sites.batch import JobState, read_queue
 from arihpc.sites.profile import SiteProfile
 from arihpc.store import attempts, events, mous
-
-log = logging.getLogger(__name__)
 
 GB = 1e9
 SCHEDULER_TIMEOUT_S = 3.0

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import logging
 import secrets
 from functools import partial
 from typing import Callable, Mapping
@@ -24,8 +23,6 @@ from bokeh.settings import settings as bokeh_settings
 from arihpc.monitor import pages, views
 from arihpc.sites.profile import SiteProfile
 from arihpc.store_campaign import CampaignStore
-
-log = logging.getLogger(__name__)
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 COOKIE = "arihpc_token"
@@ -70,7 +67,7 @@ class _View(_Guarded):
         self.build, self.content = build, content
 
     async def get(self, *args: str) -> None:
-        if args and args[0] not in self.settings["profiles"]:
+        if args and args[0] not in self.settings["known"]():
             raise tornado.web.HTTPError(404, f"no site {args[0]!r} in this campaign")
         loop = tornado.ioloop.IOLoop.current()
         body = await loop.run_in_executor(None, partial(self.build, *args))
@@ -87,7 +84,7 @@ class _Static(_Guarded, tornado.web.StaticFileHandler):
 class _ApiIndex(_Guarded):
     def get(self) -> None:
         self.finish({"endpoints": ["/api/status", "/api/campaign",
-                                   *(f"/api/site/{name}" for name in self.settings["profiles"])]})
+                                   *(f"/api/site/{name}" for name in self.settings["known"]())]})
 
 
 def make_app(store: CampaignStore, profiles: Mapping[str, SiteProfile | None],
@@ -117,20 +114,8 @@ def make_app(store: CampaignStore, profiles: Mapping[str, SiteProfile | None],
         (r"/api/site/([^/]+)", _View, {"content": "json", "build": site}),
         (r"/static/(.*)", _Static, {"path": bokeh_settings.bokehjs_path()}),
     ]
-    return tornado.web.Application(routes, token=token, profiles=_SiteNames(known))
-
-
-class _SiteNames:
-    """The sites known now (the store may name new ones while the dashboard runs)."""
-
-    def __init__(self, known: Callable[[], dict]):
-        self.known = known
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.known()
-
-    def __iter__(self):
-        return iter(self.known())
+    # known: the sites now (the store may name new ones while the dashboard runs)
+    return tornado.web.Application(routes, token=token, known=known)
 
 
 def listen(app: tornado.web.Application, host: str, port: int

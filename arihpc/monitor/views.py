@@ -6,15 +6,12 @@ call the same functions, so they agree by construction and the tests check that 
 
 from __future__ import annotations
 
-import logging
 from typing import Mapping
 
 from arihpc.errors import ProfileError
 from arihpc.monitor import live, stats
 from arihpc.sites.profile import SiteProfile, load_profile
 from arihpc.store_campaign import CampaignStore
-
-log = logging.getLogger(__name__)
 
 
 def profiles_for(store: CampaignStore, given: Mapping[str, SiteProfile] | None = None
