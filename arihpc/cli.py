@@ -15,7 +15,16 @@ from typing import Any, Iterable, Sequence
 import click
 import yaml
 
-from arihpc import __version__, catalog, cli_campaign, cli_monitor, config, ordering, selection
+from arihpc import (
+    __version__,
+    catalog,
+    cli_campaign,
+    cli_monitor,
+    cli_plan,
+    config,
+    ordering,
+    selection,
+)
 from arihpc.errors import ArihpcError, CatalogError, ProfileError
 from arihpc.mous import MousRecord, cycle_of, parse_uid
 from arihpc.sites import cluster, profile
@@ -363,7 +372,7 @@ def classify_command(logfile: str, output: str) -> None:
 
 # The campaign commands (run, resume, retry, cancel, demo) live in cli_campaign; the
 # read-only views (status, dashboard, report) in cli_monitor.
-for _command in cli_campaign.COMMANDS + cli_monitor.COMMANDS:
+for _command in cli_campaign.COMMANDS + cli_monitor.COMMANDS + cli_plan.COMMANDS:
     main.add_command(_command)
 
 

@@ -25,7 +25,8 @@ def get(key: str) -> Any:
 
 
 # Settings whose value is a table given whole: a config file replaces it rather than merging.
-TABLES = {"arihpc.cycles", "arihpc.selection.qa2-tiers"}
+TABLES = {"arihpc.cycles", "arihpc.selection.qa2-tiers", "arihpc.planning.failure-rates",
+          "arihpc.planning.stage-fractions"}
 
 
 def _flatten(given: dict, known: dict, prefix: str, unknown: list[str]) -> dict[str, Any]:

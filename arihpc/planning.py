@@ -25,8 +25,15 @@ class PowerLaw:
     slope: float
     points: int = 0
 
-    def __call__(self, size_gb: float) -> float:
-        return 10 ** self.intercept * max(size_gb, 1e-3) ** self.slope
+    def __call__(self, size_gb):
+        """The value at this size (GB), or at each size of an array."""
+        return 10 ** self.intercept * np.maximum(size_gb, 1e-3) ** self.slope
+
+    def inverse(self, value):
+        """The size (GB) at which the law gives ``value`` (arrays too); slope 0: infinite."""
+        if self.slope == 0:
+            return np.where(np.asarray(value) >= 10 ** self.intercept, np.inf, 0.0)
+        return (np.asarray(value, dtype=float) / 10 ** self.intercept) ** (1 / self.slope)
 
     @classmethod
     def through(cls, size_gb: float, value: float, slope: float) -> "PowerLaw":
@@ -66,8 +73,8 @@ class Prediction:
 def predict(size_gb: float | None, runtime: PowerLaw, memory: PowerLaw) -> Prediction:
     """Run time and peak memory of a MOUS; an unknown size counts as the median size."""
     size = size_gb if size_gb else float(config.get("planning.median-size-gb"))
-    return Prediction(runtime(size), max(float(config.get("planning.min-memory-gb")),
-                                         memory(size)))
+    return Prediction(float(runtime(size)), max(float(config.get("planning.min-memory-gb")),
+                                                float(memory(size))))
 
 
 @dataclass(frozen=True)
@@ -107,7 +114,7 @@ def total_runtime_h(sizes_gb: Sequence[float | None], runtime: PowerLaw) -> floa
     median size. Vectorised: a campaign of 100,000 MOUS takes milliseconds."""
     median = float(config.get("planning.median-size-gb"))
     sizes = np.array([s if s else median for s in sizes_gb], dtype=float)
-    return float(np.sum(10 ** runtime.intercept * np.maximum(sizes, 1e-3) ** runtime.slope))
+    return float(np.sum(runtime(sizes)))
 
 
 def campaign_hours(predictions: Iterable[Prediction], slots: int) -> float:
