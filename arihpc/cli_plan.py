@@ -12,7 +12,6 @@ import click
 import numpy as np
 
 from arihpc import catalog, ordering, planning, planning_sim, selection
-from arihpc.errors import CatalogError
 from arihpc.sites import profile
 
 
@@ -186,11 +185,8 @@ def plan_command(ctx: click.Context, sites: str | None, machine_count: int | Non
     pools = _pools(sites, machine_count)
     url = url or (None if files else ctx.find_root().obj["store"])
     rng = np.random.default_rng(seed)
-    try:
-        workload, memory = _workload(rng, runs, count, files, url)
-        assumptions = planning_sim.Assumptions.from_config(resume, failures, reruns)
-    except (CatalogError, ValueError) as e:
-        raise click.ClickException(str(e)) from e
+    workload, memory = _workload(rng, runs, count, files, url)      # errors: one line, exit 1
+    assumptions = planning_sim.Assumptions.from_config(resume, failures, reruns)
     plan = planning_sim.simulate(workload, pools, assumptions, seed, memory)
     if output == "json":
         click.echo(json.dumps(plan.summary(), indent=1))

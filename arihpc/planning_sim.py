@@ -21,6 +21,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from arihpc import config
+from arihpc.errors import ConfigError
 from arihpc.planning import PowerLaw, default_models
 
 INF = math.inf
@@ -88,7 +89,7 @@ class Assumptions:
         fractions = {k: float(v) for k, v in get("planning.stage-fractions").items()}
         unknown = [stage for _, stage in rates.values() if stage not in fractions]
         if unknown:
-            raise ValueError(f"arihpc.planning.failure-rates: stage(s) {', '.join(unknown)} "
+            raise ConfigError(f"arihpc.planning.failure-rates: stage(s) {', '.join(unknown)} "
                              f"not in stage-fractions ({', '.join(fractions)})")
         return cls(resume, rates, retries, fractions, reruns,
                    float(get("planning.job-start-h")), int(get("planning.no-resume-retries")))

@@ -195,3 +195,12 @@ def test_plan_refuses_sites_and_machines_together_and_writes_a_plot(tmp_path):
     from matplotlib.image import imread
     pixels = imread(png)
     assert pixels.shape[0] > 200 and pixels[..., :3].std() > 0.1      # drawn, not blank
+
+
+def test_a_failure_rate_in_an_unknown_stage_is_a_clear_config_error(tmp_path):
+    (tmp_path / "c.yaml").write_text("arihpc:\n  planning:\n    failure-rates:\n"
+                                     "      tclean: {rate: 0.1, stage: imaging}\n")
+    result = CliRunner().invoke(main, ["--config", str(tmp_path / "c.yaml"), "plan",
+                                       "--machines", "1", "--runs", "2"])
+    assert result.exit_code == 1
+    assert "failure-rates: stage(s) imaging not in stage-fractions" in result.output
