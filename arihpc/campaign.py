@@ -25,7 +25,7 @@ from typing import Callable
 from distributed import Client, wait
 
 from arihpc import planning
-from arihpc.campaign_workers import FETCH_PREFIX, WorkerPool
+from arihpc.campaign_workers import FETCH_PREFIX, WorkerPool, fetch_results
 from arihpc.jobs.failures import retry_policy
 from arihpc.jobs.payloads import FETCH_STAGE, MousTask
 from arihpc.jobs.runner import Outcome, retry_task, run_in_worker
@@ -84,6 +84,8 @@ class Orchestrator:
         self.tally = Tally()
         self.items: list[Item] = []
         self.futures: dict = {}             # future -> Item
+        self.outbox: list = []              # submissions waiting for their store commit
+        self.outcomes: list = []            # (item, result) fetched, not yet in the store
         self.claimed = 0
         self.pool = WorkerPool(client)
         self._estimated = 0.0
@@ -118,9 +120,16 @@ class Orchestrator:
         self.models = self._models()
         while not stop.is_set():
             self.pool.refresh()
-            self._claim()
-            self._start_compute()
-            self._fetch_ahead()
+            # One commit a round (one fsync of an SQLite store) for all of its writes: the
+            # outcomes fetched last round, then the claims and attempts they make room for.
+            with self.store.transaction():
+                self._record_outcomes()
+                self._claim()
+                self._start_compute()
+                self._fetch_ahead()
+            self._submit()                      # dask runs only what the store knows of
+            self._estimate()
+            self.progress(self.tally)
             if not self.items:
                 retry_at = self.store.next_retry_at()
                 if retry_at is None or (self.limit is not None and self.claimed >= self.limit):
@@ -131,9 +140,9 @@ class Orchestrator:
             self.pool.retire_idle_draining()
             self._collect()
             self._repark_orphans()
-            self._estimate()
-            self.progress(self.tally)
         if stop.is_set():
+            with self.store.transaction():
+                self._record_outcomes()
             self._abandon()
         return self.tally
 
@@ -206,11 +215,17 @@ class Orchestrator:
 
     def _send(self, item: Item, task: MousTask, key: str, resources: dict,
               worker: str | None = None) -> None:
-        future = self.client.submit(run_in_worker, task, key=key, pure=False,
-                                    priority=-item.claim.priority, resources=resources,
-                                    workers=[worker] if worker else None)
-        self.futures[future] = item
+        """Submit once the store has committed the attempt (``_submit``)."""
+        self.outbox.append((item, task, key, resources, worker))
         item.worker = worker
+
+    def _submit(self) -> None:
+        for item, task, key, resources, worker in self.outbox:
+            future = self.client.submit(run_in_worker, task, key=key, pure=False,
+                                        priority=-item.claim.priority, resources=resources,
+                                        workers=[worker] if worker else None)
+            self.futures[future] = item
+        self.outbox.clear()
 
     def _compute(self, item: Item, worker: str | None = None) -> None:
         if item.phase != "parked":
@@ -267,23 +282,24 @@ class Orchestrator:
             finished = []
         # Fetch every result before any worker is retired: a result lost with its worker
         # would make dask run the MOUS again.
-        results = {future: self._result(future) for future in finished}
+        results = fetch_results(self.client, finished)
         for future in finished:
-            item = self.futures.pop(future)
+            item, result = self.futures.pop(future), results[future]
+            if isinstance(result, Exception):   # its worker died (walltime, node failure)
+                result = {"uid": item.claim.uid, "status": "interrupted",
+                          "error_class": "walltime",
+                          "message": f"worker lost: {type(result).__name__}: {result}"}
+            self.outcomes.append((item, result))
             future.release()
-            if item.phase == "fetching":
-                self._staged(item, results[future])
-            else:
-                self._settle(item, results[future])
 
-    def _result(self, future) -> dict:
-        item = self.futures[future]
-        try:
-            return future.result(timeout=60)
-        except Exception as e:          # the worker died under it (walltime, node failure)
-            future.cancel()
-            return {"uid": item.claim.uid, "status": "interrupted", "error_class": "walltime",
-                    "message": f"worker lost: {type(e).__name__}: {e}"}
+    def _record_outcomes(self) -> None:
+        """The store learns what the results fetched by ``_collect`` say."""
+        for item, result in self.outcomes:
+            if item.phase == "fetching":
+                self._staged(item, result)
+            else:
+                self._settle(item, result)
+        self.outcomes.clear()
 
     def _staged(self, item: Item, result: dict) -> None:
         """A fetch ahead ended. Done or not, compute continues from the last checkpoint

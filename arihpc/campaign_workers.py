@@ -8,6 +8,7 @@ once idle, and a fresh job takes its place.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -18,6 +19,15 @@ from arihpc.jobs.probe import probe
 
 log = logging.getLogger(__name__)
 FETCH_PREFIX = "fetch-"         # keys of fetch-ahead tasks (I/O slots, not MOUS slots)
+
+
+async def _scheduler_view(client: Client) -> tuple[dict, dict, dict]:
+    """The scheduler's workers, what each one processes and what it holds: the three
+    requests of scheduler_info, processing and has_what at once, one round trip in all."""
+    identity, processing, holding = await asyncio.gather(
+        client.scheduler.identity(n_workers=-1), client.scheduler.processing(workers=None),
+        client.scheduler.has_what(workers=None))
+    return identity["workers"], processing, holding
 
 
 class WorkerPool:
@@ -33,9 +43,8 @@ class WorkerPool:
         self.draining: set[str] = set()
 
     def refresh(self) -> None:
-        self.info = self.client.scheduler_info()["workers"]
-        self.processing = self.client.processing()
-        self.holding = self.client.has_what()
+        self.info, self.processing, self.holding = self.client.sync(_scheduler_view,
+                                                                    self.client)
         new = [address for address in self.info if address not in self.deadlines]
         if new:
             for address, report in self.client.run(probe, workers=new,
@@ -97,3 +106,22 @@ class WorkerPool:
             log.info("retiring %d drained worker(s)", len(idle))
             self.client.retire_workers(idle, close_workers=True)
             self.draining -= set(idle)
+
+
+def fetch_results(client: Client, finished: list) -> dict:
+    """The result of each finished future, all in one round trip to the workers (what
+    ``Future.result`` does for one, within 60 s), or the exception of a future whose worker
+    died with its result (then it is cancelled: dask would run it again)."""
+    ready = [future for future in finished if future.status == "finished"]
+    try:        # Client.gather has no timeout; Future.result calls _gather like this
+        results = dict(zip(ready, client.sync(client._gather, ready, callback_timeout=60)))
+    except Exception:               # a worker left with a result: one by one, to see which
+        results = {}
+    for future in finished:
+        if future not in results:
+            try:
+                results[future] = future.result(timeout=60)
+            except Exception as e:
+                future.cancel()
+                results[future] = e
+    return results

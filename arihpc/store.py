@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -164,6 +166,42 @@ class Store:
 
     def __init__(self, engine: Engine):
         self.engine = engine
+        self._local = threading.local()        # this thread's open ``transaction()``
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Make the writes (and reads) inside one transaction: one commit, so one fsync of
+        the SQLite WAL, for a batch of updates instead of one per update; all or none of
+        them is stored. Inside an open one, joins it."""
+        if getattr(self._local, "conn", None) is not None:
+            yield
+            return
+        with self.engine.begin() as conn:
+            self._local.conn = conn
+            try:
+                yield
+            finally:
+                self._local.conn = None
+
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        """The open ``transaction()``, or a new transaction committed on leaving."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            yield conn
+            return
+        with self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _connect(self) -> Iterator[Connection]:
+        """For reads: the open ``transaction()`` (it sees its own writes), else a connection."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            yield conn
+            return
+        with self.engine.connect() as conn:
+            yield conn
 
     @classmethod
     def open(cls, url: str | None = None) -> "Store":
@@ -221,12 +259,19 @@ class Store:
 
     @staticmethod
     def _event(conn: Connection, kind: str, uid: str | None = None, **data: Any) -> None:
-        conn.execute(events.insert().values(at=time.time(), kind=kind, uid=uid,
-                                            data=json.dumps(data, sort_keys=True)))
+        Store._events(conn, kind, [(uid, data)])
+
+    @staticmethod
+    def _events(conn: Connection, kind: str, items: list[tuple[str | None, dict]]) -> None:
+        """Events of one kind: (uid, data) each, in one statement."""
+        now = time.time()
+        conn.execute(events.insert(), [{"at": now, "kind": kind, "uid": uid,
+                                        "data": json.dumps(data, sort_keys=True)}
+                                       for uid, data in items])
 
     def log_event(self, kind: str, uid: str | None = None, **data: Any) -> None:
         """Append one event to the campaign's event log."""
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             self._event(conn, kind, uid, **data)
 
     def events(self, kind: str | None = None) -> list[dict]:

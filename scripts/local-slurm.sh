@@ -32,7 +32,8 @@
 # (a job without --mem gets DefMemPerCPU, at most 1024 MB per CPU) but not enforced (no cgroups);
 # time limits are enforced: slurmctld checks them every 30 s, so a job is cut between 0 and 30 s
 # after its limit with SIGCONT+SIGTERM, then SIGKILL after KillWait=5 s, ending in state TIMEOUT;
-# finished jobs stay visible in squeue/qstat for MinJobAge=300 s; no accounting (no sacct).
+# finished jobs stay visible in squeue/qstat for MinJobAge=300 s; no accounting (no sacct), but
+# every finished job gets a line in <dir>/jobcomp.log (jobcomp/filetxt: start, end, CPUs, state).
 set -euo pipefail
 
 DIR=${ARIHPC_SLURM_DIR:-/tmp/arihpc-slurm}
@@ -218,7 +219,8 @@ InactiveLimit=0
 MinJobAge=300
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/none
+JobCompType=jobcomp/filetxt
+JobCompLoc=$DIR/jobcomp.log
 NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$real_mem State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF

@@ -13,6 +13,7 @@ import pytest
 from distributed import Client, LocalCluster
 
 from arihpc.jobs.payloads import MousTask, emulator_plan
+from arihpc.jobs.process import GUARD
 from arihpc.jobs.runner import Outcome, retry_task, run_mous
 from arihpc.jobs.workdir import checkpoint_path, read_checkpoint
 
@@ -121,7 +122,7 @@ def snapshot(folder: Path) -> dict:
 def stage_group(workdir: Path) -> int | None:
     for proc in psutil.process_iter(["cmdline"]):
         cmd = proc.info["cmdline"] or []
-        if "arihpc.jobs.guard" in cmd and str(workdir) in cmd:
+        if GUARD in cmd and str(workdir) in cmd:
             return os.getpgid(proc.pid)
     return None
 

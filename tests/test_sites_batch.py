@@ -12,6 +12,7 @@ from arihpc.sites.batch import (
     JobState,
     count_by_state,
     duration_s,
+    parse_jobcomp,
     parse_qstat_full,
     parse_squeue,
     translate,
@@ -31,6 +32,20 @@ def test_squeue_capture_parses_to_the_right_states_and_times():
     assert (jobs["5"].used_s, jobs["5"].limit_s, jobs["5"].left_s) == (3, 600, 597)
     assert (jobs["1"].used_s, jobs["1"].limit_s, jobs["1"].left_s) == (87, 60, None)   # INVALID
     assert jobs["7"].limit_s is None                                                   # UNLIMITED
+
+
+def test_jobcomp_capture_gives_each_finished_job_its_state_times_and_core_seconds():
+    jobs = {job.job_id: job for job in parse_jobcomp((DATA / "jobcomp.log").read_text())}
+    assert {i: (j.name, j.state, j.cpus) for i, j in jobs.items()} == {
+        "1": ("completed-job", S.DONE, 1), "2": ("timeout-job", S.TIMEOUT, 1),
+        "3": ("two-cpu-job", S.DONE, 2), "4": ("failed-job", S.FAILED, 1),
+        "5": ("cancelled-pending", S.CANCELLED, 0), "6": ("cancelled-running", S.CANCELLED, 1),
+        "7": ("name with spaces", S.DONE, 1)}
+    assert {i: j.core_s for i, j in jobs.items()} == {
+        "1": 2, "2": 86, "3": 6, "4": 0, "5": 0, "6": 4, "7": 2}
+    timeout = jobs["2"]
+    assert (timeout.start - timeout.submit, timeout.end - timeout.start) == (1, 86)
+    assert timeout.start == time.mktime((2026, 11, 22, 0, 22, 16, 0, 0, -1))     # local time
 
 
 def test_qstat_full_capture_from_the_torque_wrapper():

@@ -5,11 +5,19 @@ output file, and can fail on purpose in the way a real failure of a given class 
 log (or by what it does: an ``oom`` failure grows until the memory guard kills it).
 
     python -m arihpc.jobs.emulator --stage image --workdir D --size-gb 13 [--fail CLASS]
+        [--trace FILE]
+
+With ``--trace FILE`` each run appends one JSON line to FILE (benchmarks count useful and lost
+CPU from it): ``{"mous": workdir name, "stage", "outcome": "done"|"killed", "cpu_s", "time",
+"wall_s"}`` (CPU seconds of the run, when it ended, seconds since it parsed its arguments), on
+completion after the output is written, or on SIGTERM (a walltime kill) with the CPU used so far,
+before exiting 143.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -70,6 +78,45 @@ def fail(kind: str) -> int:
     return status
 
 
+class Trace:
+    """The trace of one stage run: a ``killed`` line on SIGTERM (then exit 143), or a ``done``
+    line once the output is written. The previous SIGTERM handler is back after ``close``."""
+
+    def __init__(self, path: Path, workdir: Path, stage: str):
+        self.path, self.mous, self.stage = path, workdir.name, stage
+        self.started = time.time()
+        self.done = False
+        self.previous = signal.signal(signal.SIGTERM, self._killed)
+
+    def _write(self, outcome: str) -> None:
+        now = time.time()
+        line = json.dumps({"mous": self.mous, "stage": self.stage, "outcome": outcome,
+                           "cpu_s": round(time.process_time(), 3), "time": round(now, 3),
+                           "wall_s": round(now - self.started, 3)})
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (line + "\n").encode())    # one write: concurrent runs never mix
+        finally:
+            os.close(fd)
+
+    def _killed(self, signum: int, frame) -> None:
+        if not self.done:
+            self._write("killed")
+        os._exit(128 + signum)
+
+    def finish(self) -> None:
+        """Done is final: a SIGTERM while (or after) it is written must not count as killed."""
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            self.done = True
+            self._write("done")
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+    def close(self) -> None:
+        signal.signal(signal.SIGTERM, self.previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stage", required=True)
@@ -80,7 +127,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-mb-per-gb", type=float, default=0.1)
     parser.add_argument("--fail", choices=sorted([*FAILURE_LINES, "oom", "segfault",
                                                   "walltime"]))
+    parser.add_argument("--trace", type=Path, help="append this run's CPU use to this file")
     args = parser.parse_args(argv)
+    trace = Trace(args.trace, args.workdir, args.stage) if args.trace else None
+    try:
+        return stage(args, trace)
+    finally:
+        if trace:
+            trace.close()
+
+
+def stage(args: argparse.Namespace, trace: Trace | None) -> int:
+    """One stage: CPU and memory in proportion to the size, then its output file."""
     print(LEAP_SECOND, flush=True)      # real CASA logs have it; it is not a failure
     print(f"emulating stage {args.stage} of a {args.size_gb:g} GB MOUS", flush=True)
     if args.fail:
@@ -91,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.stage}.out").write_bytes(
         os.urandom(max(1024, int(args.output_mb_per_gb * args.size_gb * 2**20))))
+    if trace:
+        trace.finish()
     print(f"stage {args.stage} done ({len(held) // 2**20} MB touched)", flush=True)
     return 0
 

@@ -1,4 +1,4 @@
-"""Stage plans of the two payloads: real CASA, and the emulator for tests and benchmarks.
+"""Stage plans of the payloads: real CASA; the emulator and a no-op for tests and benchmarks.
 
 A stage is one external command that writes its outputs under one folder of the MOUS's
 work directory. Stages with no real work yet (qa, preview, package) are not in the plans.
@@ -60,8 +60,9 @@ def fetch_stage(task: MousTask) -> StageSpec:
 
 def emulator_plan(task: MousTask) -> list[StageSpec]:
     """Four emulated stages; ``options``: cpu-s-per-gb, memory-mb-per-gb, output-mb-per-gb,
-    and fail-plan, a list of {class, stage, attempt, uid (optional)} that makes that stage
-    fail that way. With ``source`` (an archive template) the fetch stage is the real one."""
+    trace (a file each stage run appends its CPU use to), and fail-plan, a list of {class,
+    stage, attempt, uid (optional)} that makes that stage fail that way. With ``source`` (an
+    archive template) the fetch stage is the real one."""
     options = task.options
     cpu = float(options.get("cpu-s-per-gb", 0.1))
     plan = [fetch_stage(task)] if options.get("source") else []
@@ -75,6 +76,7 @@ def emulator_plan(task: MousTask) -> list[StageSpec]:
             if planned["stage"] == name and int(planned.get("attempt", 1)) == task.attempt \
                     and planned.get("uid", task.uid) == task.uid:
                 argv += ["--fail", planned["class"]]
+        argv += ["--trace", str(options["trace"])] if options.get("trace") else []
         predicted = float(options.get("predicted-s", cpu * (task.size_gb or 1) + 1))
         plan.append(StageSpec(name, argv, name, predicted, _memory_limit(task)))
     return plan
@@ -115,8 +117,16 @@ def casa_plan(task: MousTask) -> list[StageSpec]:
     return plan
 
 
+def noop_plan(task: MousTask) -> list[StageSpec]:
+    """One stage running ``true``: the whole machinery around a MOUS (claim, attempt, lock,
+    process runner, checkpoint, store updates) with no work in it. For benchmarks and tests
+    of arihpc's own overhead only (scripts/bench_overhead.py), like the emulator."""
+    return [StageSpec("noop", ["true"], "noop", 1.0, _memory_limit(task))]
+
+
 PAYLOADS: dict[str, Callable[[MousTask], list[StageSpec]]] = {
     "emulator": emulator_plan,
     "casa": casa_plan,
+    "noop": noop_plan,
 }
 

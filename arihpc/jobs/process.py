@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ import psutil
 log = logging.getLogger(__name__)
 
 KILL_AFTER_S = 3.0      # after SIGTERM, the group gets this long before SIGKILL
+GUARD = str(Path(__file__).with_name("guard.py"))
 
 
 @dataclass(frozen=True)
@@ -80,28 +82,28 @@ def run_process(argv: Sequence[str], cwd: Path, log_path: Path,
     rusage = _rusage_path(log_path)
     rusage.unlink(missing_ok=True)
     with open(log_path, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "arihpc.jobs.guard", "--rusage",
-                                 str(rusage), "--", *argv],
-                                cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+        proc = subprocess.Popen(guard_argv(argv, rusage), cwd=cwd, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=env)
     sampler = _TreeSampler(proc.pid)
     killed_for, signalled_at = None, None
-    while proc.poll() is None:
-        rss = sampler.sample()
-        if on_sample is not None:
-            on_sample(rss, sum(sampler.cpu.values()))
-        reason = _why_stop(rss, memory_limit, time.monotonic() - start, timeout_s, stop)
-        if reason and killed_for is None:
-            killed_for, signalled_at = reason, time.monotonic()
-            log.warning("stopping %s: %s (tree rss %d bytes)", argv[0], reason, rss)
-            # A memory hog dies at once; otherwise SIGTERM lets the guard end the group cleanly.
-            _signal_group(proc.pid, signal.SIGKILL if reason == "oom" else signal.SIGTERM)
-        elif signalled_at is not None and time.monotonic() - signalled_at > KILL_AFTER_S:
-            _signal_group(proc.pid, signal.SIGKILL)
-        try:
-            proc.wait(timeout=poll_s)
-        except subprocess.TimeoutExpired:
-            pass
+    with _ExitWaiter(proc) as waiter:
+        # The first sample one period in: a process just started has nothing to show yet,
+        # and the guard's report (below) has all of a command that ends sooner.
+        waiter.wait(poll_s)
+        while proc.poll() is None:
+            rss = sampler.sample()
+            if on_sample is not None:
+                on_sample(rss, sum(sampler.cpu.values()))
+            reason = _why_stop(rss, memory_limit, time.monotonic() - start, timeout_s, stop)
+            if reason and killed_for is None:
+                killed_for, signalled_at = reason, time.monotonic()
+                log.warning("stopping %s: %s (tree rss %d bytes)", argv[0], reason, rss)
+                # A memory hog dies at once; otherwise SIGTERM lets the guard end the group.
+                _signal_group(proc.pid, signal.SIGKILL if reason == "oom" else signal.SIGTERM)
+            elif signalled_at is not None and time.monotonic() - signalled_at > KILL_AFTER_S:
+                _signal_group(proc.pid, signal.SIGKILL)
+            waiter.wait(poll_s)
     _signal_group(proc.pid, signal.SIGKILL)       # nothing of the stage outlives it
     cpu_s, peak = sum(sampler.cpu.values()), sampler.peak_rss
     if rusage.exists():     # the kernel's count also has what ran between two samples
@@ -109,6 +111,46 @@ def run_process(argv: Sequence[str], cwd: Path, log_path: Path,
         cpu_s, peak = max(cpu_s, counted["cpu_s"]), max(peak, counted["maxrss"])
         rusage.unlink()
     return ProcessResult(proc.returncode, time.monotonic() - start, cpu_s, peak, killed_for)
+
+
+def guard_argv(argv: Sequence[str], rusage: Path) -> list[str]:
+    """The guard around ``argv``: run as a script without ``site`` (it needs only the standard
+    library), so a short stage does not pay for the site-packages and editable-install
+    import machinery of a full interpreter start."""
+    return [sys.executable, "-S", GUARD, "--rusage", str(rusage), "--", *argv]
+
+
+class _ExitWaiter:
+    """Waits until a process exits or a timeout passes. Where the kernel has pidfds (Linux
+    5.3+) the exit wakes it at once; subprocess's own wait with a timeout sleeps in steps of
+    up to 50 ms, a large share of a short stage."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+        try:
+            self.pidfd: int | None = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):
+            self.pidfd = None
+            return
+        self.poller = select.poll()
+        self.poller.register(self.pidfd, select.POLLIN)     # readable once it has exited
+
+    def wait(self, timeout: float) -> None:
+        if self.pidfd is not None:
+            self.poller.poll(timeout * 1000)
+            return
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def __enter__(self) -> "_ExitWaiter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
 
 
 def _rusage_path(log_path: Path) -> Path:

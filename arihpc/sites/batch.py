@@ -1,4 +1,5 @@
-"""Read the batch queue (``squeue``, ``qstat -f``) into one job-state enum.
+"""Read the batch queue (``squeue``, ``qstat -f``) into one job-state enum, and SLURM's log of
+finished jobs (jobcomp/filetxt) for the CPU time each one held.
 
 Each batch system has a translation table from its own state codes; a code not in the table
 becomes UNKNOWN with a warning, never an error (a dashboard must keep working).
@@ -136,6 +137,56 @@ def _seconds_since(stamp: str, now: float | None) -> int | None:
     except ValueError:
         return None
     return max(0, int((time.time() if now is None else now) - start))
+
+
+@dataclass(frozen=True)
+class FinishedJob:
+    """One finished job as SLURM's jobcomp/filetxt log records it (no sacct needed)."""
+
+    job_id: str
+    name: str
+    state: JobState
+    raw_state: str
+    submit: float | None        # epoch seconds
+    start: float | None
+    end: float | None
+    cpus: int
+
+    @property
+    def core_s(self) -> float:
+        """CPU-seconds allocated: run time times CPUs (0 for a job that never ran)."""
+        if self.start is None or self.end is None:
+            return 0.0
+        return max(0.0, self.end - self.start) * self.cpus
+
+
+# Key=value pairs; a value (a job name) may hold spaces, so it ends where the next key starts.
+_JOBCOMP_FIELD = re.compile(r"(\w+)=(.*?)(?= \w+=|\s*$)")
+
+
+def parse_jobcomp(text: str) -> list[FinishedJob]:
+    """Jobs from a jobcomp/filetxt log (``JobCompLoc``), one ``JobId=... ExitCode=...`` line
+    each; times are local time to the second."""
+    jobs = []
+    for line in text.splitlines():
+        fields = dict(_JOBCOMP_FIELD.findall(line.strip()))
+        if "JobId" not in fields:
+            continue
+        raw = fields.get("JobState", "")
+        jobs.append(FinishedJob(fields["JobId"], fields.get("Name", ""), translate("slurm", raw),
+                                raw, _local_time(fields.get("SubmitTime")),
+                                _local_time(fields.get("StartTime")),
+                                _local_time(fields.get("EndTime")),
+                                int(fields.get("ProcCnt") or 0)))
+    return jobs
+
+
+def _local_time(stamp: str | None) -> float | None:
+    """Epoch seconds of a SLURM time stamp (2026-11-22T00:22:16, local time); None if none."""
+    try:
+        return time.mktime(time.strptime(stamp or "", "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
 
 
 # batch system -> (command that lists the queue, parser of its output)

@@ -1,0 +1,60 @@
+"""scripts/bench_overhead.py's arihpc path: no-op MOUS go through the real orchestrator, store,
+runner lock, process runner and checkpoints, each exactly once (no timing asserted here)."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from arihpc.jobs.workdir import read_checkpoint
+from arihpc.mous import disk_name
+from arihpc.store import attempts, events, stages
+from arihpc.store_campaign import CampaignStore
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_overhead.py"
+COUNT = 50
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("bench_overhead", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module         # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_each_noop_mous_is_claimed_run_checkpointed_and_recorded_once(tmp_path):
+    bench = load_script()
+    store = CampaignStore.open(f"sqlite:///{tmp_path}/bench.db")
+    names = bench.uids(COUNT)
+    bench.fill(store, names)
+    profile = bench.site_profile(tmp_path, workers=2, slots=4)
+    cluster, client = bench.start_site(profile)
+    try:
+        tally = bench.run_arihpc(store, profile, cluster, client)
+    finally:
+        client.close()
+        cluster.close()
+    assert (tally.done, tally.failed, tally.resumed, tally.retried) == (COUNT, 0, 0, 0)
+    assert store.status()["states"] == {"done": COUNT}
+    workroot = tmp_path / "work"
+    assert bench.check(store, workroot, names) == {
+        "done": COUNT, "attempts": COUNT, "attempts done": COUNT, "stages": COUNT,
+        "checkpoints": COUNT, "locks left": 0}
+    with store.engine.connect() as conn:
+        tries = dict(conn.execute(sa.select(attempts.c.uid, sa.func.count())
+                                  .group_by(attempts.c.uid)).all())
+        recorded = {r.uid: r for r in conn.execute(sa.select(stages))}
+        claims = conn.execute(sa.select(sa.func.count()).select_from(events)
+                              .where(events.c.kind == "claim")).scalar_one()
+    assert tries == {uid: 1 for uid in names} and claims == COUNT
+    for uid in names:
+        workdir = workroot / disk_name(uid)
+        checkpoint = read_checkpoint(workdir, "noop")
+        assert checkpoint["attempt"] == 1
+        # the store's stage row is the one the checkpoint describes
+        assert (recorded[uid].stage, recorded[uid].started_at) == ("noop", checkpoint["start"])
+        assert (workdir / "log" / "noop.log").is_file()
+        assert not list((workdir / "log").glob(".*rusage*"))     # the guard's report was read
+    store.close()
