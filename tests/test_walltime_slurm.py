@@ -47,7 +47,9 @@ def test_walltime_cut_is_recorded_and_a_fresh_job_resumes_at_the_first_incomplet
     cut = json.loads((workdir / "outcome.json").read_text())
     assert (cut["status"], cut["error_class"]) == ("interrupted", "walltime")
     done_before = [s for s in STAGES if read_checkpoint(workdir, s)]
-    assert done_before == STAGES[:len(done_before)] and len(done_before) >= 2
+    # Two or three stages fit in the 60-90 s a job gets on an idle machine; on a loaded one
+    # (CPU shared) one may: what matters is a cut after a checkpoint, resumed from the next.
+    assert done_before == STAGES[:len(done_before)] and 1 <= len(done_before) < len(STAGES)
     assert cut["stage"] == STAGES[len(done_before)]          # the first incomplete stage
 
     second = submit(tmp_path, workdir, "00:05:00")
