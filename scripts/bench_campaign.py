@@ -116,8 +116,9 @@ def run_strategy(name: str, workload: Workload, root: Path, args, cores: int) ->
     print(f"{name}: {len(completed)}/{len(workload.mous)} MOUS done in "
           f"{result['makespan']:.0f} s ({time.time() - started:.0f} s with set-up); "
           f"{result['jobs']} batch jobs, {result['runs']} stage runs of which "
-          f"{result['killed']} killed; the stages got {result['cpu_share']:.0%} of a CPU "
-          "while they ran (other load on the machine)", flush=True)
+          f"{result['killed']} killed, running {result['busy']:.0f} s "
+          f"({result['busy'] / max(1e-9, result['allocated']):.0%} of the allocated core-s) "
+          f"with {result['cpu_share']:.0%} of a CPU (the rest went to other load)", flush=True)
     return result
 
 

@@ -69,6 +69,7 @@ def figures(trace: Path, jobcomp: Path, offset: int, job_prefix: str, mous: list
     runs = read_trace(trace)
     useful = useful_cpu(runs, completed)
     traced = sum(run["cpu_s"] for run in runs)
+    busy = sum(run.get("wall_s", 0) for run in runs)
     submitted = [job.submit for job in jobs if job.submit is not None]
     first = min(submitted) if submitted else started
     last = max((run["time"] for run in runs), default=first)
@@ -78,5 +79,5 @@ def figures(trace: Path, jobcomp: Path, offset: int, job_prefix: str, mous: list
             "allocated": sum(job.core_s for job in jobs), "useful": useful,
             "lost": traced - useful, "runs": len(runs),
             "killed": sum(1 for run in runs if run["outcome"] == "killed"),
-            # CPU the stages got per second of their wall time: 1 on a quiet machine
-            "cpu_share": traced / max(1e-9, sum(run.get("wall_s", 0) for run in runs))}
+            # seconds the stages ran, and the CPU they got per second: 1 on a quiet machine
+            "busy": busy, "cpu_share": traced / max(1e-9, busy)}
