@@ -2,6 +2,7 @@
 (tests/data/README.md says what each captured job was doing)."""
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -101,3 +102,22 @@ def test_a_failing_command_carries_argv_status_and_stderr():
         run_command(["qsub-not-here", "job.sh"])
     with pytest.raises(CommandError, match="no answer within 0.2 s"):
         run_command(["sleep", "5"], timeout=0.2)
+
+
+def test_qstat_finding_no_job_is_an_empty_queue_and_other_failures_are_errors(
+        tmp_path, monkeypatch):
+    # SLURM's qstat wrapper (and Torque's qstat for unknown jobs) exits 153 with no output when
+    # it finds no job; a failed queue read must still be an error.
+    from arihpc.sites.batch import read_queue
+    from arihpc.sites.profile import load_profile
+
+    qstat = tmp_path / "qstat"
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    site = load_profile("ci-pbspro")
+    qstat.write_text("#!/bin/sh\nexit 153\n")
+    qstat.chmod(0o755)
+    assert read_queue(site) == []
+    qstat.write_text("#!/bin/sh\necho 'qstat: cannot connect to server' >&2\nexit 2\n")
+    with pytest.raises(CommandError) as failed:
+        read_queue(site)
+    assert failed.value.returncode == 2 and "cannot connect" in failed.value.stderr

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterable
 
+from arihpc.errors import CommandError
 from arihpc.sites.command import run_command
 from arihpc.sites.profile import SiteProfile
 
@@ -189,6 +190,8 @@ def _local_time(stamp: str | None) -> float | None:
         return None
 
 
+QSTAT_NO_JOBS = 153
+
 # batch system -> (command that lists the queue, parser of its output)
 QUEUE_READERS = {
     "slurm": (SQUEUE_ARGV, parse_squeue),
@@ -202,7 +205,13 @@ def read_queue(profile: SiteProfile) -> list[BatchJob]:
     if profile.batch_system not in QUEUE_READERS:
         return []           # a local site has no batch queue
     argv, parse = QUEUE_READERS[profile.batch_system]
-    jobs = parse(run_command(argv, timeout=30).stdout)
+    done = run_command(argv, timeout=30, check=False)
+    # qstat exits 153 (PBSE_UNKJOBID) when it finds no job: SLURM's qstat wrapper does so for
+    # an empty queue. Any other failure is an error.
+    empty = argv[0] == "qstat" and done.returncode == QSTAT_NO_JOBS and not done.stdout.strip()
+    if done.returncode != 0 and not empty:
+        raise CommandError(argv, done.returncode, done.stdout, done.stderr)
+    jobs = parse(done.stdout)
     return [job for job in jobs if job.name.startswith(f"arihpc-{profile.name}-")]
 
 
