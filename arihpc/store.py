@@ -184,24 +184,22 @@ class Store:
                 self._local.conn = None
 
     @contextmanager
-    def _begin(self) -> Iterator[Connection]:
-        """The open ``transaction()``, or a new transaction committed on leaving."""
+    def _joined(self, open_new) -> Iterator[Connection]:
+        """The open ``transaction()`` (it sees its own writes), else a new connection."""
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             yield conn
             return
-        with self.engine.begin() as conn:
+        with open_new() as conn:
             yield conn
 
-    @contextmanager
-    def _connect(self) -> Iterator[Connection]:
-        """For reads: the open ``transaction()`` (it sees its own writes), else a connection."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            yield conn
-            return
-        with self.engine.connect() as conn:
-            yield conn
+    def _begin(self):
+        """For writes: the open ``transaction()``, or a new one committed on leaving."""
+        return self._joined(self.engine.begin)
+
+    def _connect(self):
+        """For reads: the open ``transaction()``, or a connection."""
+        return self._joined(self.engine.connect)
 
     @classmethod
     def open(cls, url: str | None = None) -> "Store":

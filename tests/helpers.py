@@ -32,3 +32,16 @@ def import_sizes(store_url: str, folder, sizes: dict[str, int]) -> None:
     path.write_text("uid,size_bytes,size_source\n"
                     + "".join(f"{uid},{size},datalink\n" for uid, size in sizes.items()))
     assert run(store_url, "catalog", "import", path).exit_code == 0
+
+
+def select_mous(store_url: str, folder, uids: list[str],
+                sizes: dict[str, int] | None = None) -> None:
+    """A store whose MOUS are these uids (cycle 4, QA2 PASS, 12 m), with raw sizes in bytes if
+    given, all selected by ``arihpc select``."""
+    path = folder / "aq.tsv"
+    path.write_text("Member ous id\tProject code\tQA2 Status\tArray\n" + "".join(
+        f"{u}\t2016.1.{i:05d}.S\tPASS\t12m\n" for i, u in enumerate(uids)))
+    assert run(store_url, "catalog", "import", path).exit_code == 0
+    if sizes:
+        import_sizes(store_url, folder, sizes)
+    assert run(store_url, "select").exit_code == 0

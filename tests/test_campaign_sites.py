@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from helpers import run
+from helpers import run, select_mous
 
 from arihpc.store import attempts, events, mous, stages
 
@@ -15,12 +15,8 @@ CONFIG = ("arihpc:\n  planning:\n    median-memory-gb: 0.4\n    min-memory-gb: 0
 
 
 def make_campaign(url: str, tmp_path: Path, count: int) -> list[str]:
-    lines = ["Member ous id\tProject code\tQA2 Status\tArray"]
     uids = [f"uid://A001/X30/X{i:x}" for i in range(1, count + 1)]
-    lines += [f"{u}\t2016.1.{i:05d}.S\tPASS\t12m" for i, u in enumerate(uids)]
-    (tmp_path / "aq.tsv").write_text("\n".join(lines) + "\n")
-    assert run(url, "catalog", "import", tmp_path / "aq.tsv").exit_code == 0
-    assert run(url, "select").exit_code == 0
+    select_mous(url, tmp_path, uids)
     return uids
 
 

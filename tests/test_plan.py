@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
-from helpers import import_sizes, run
+from helpers import run, select_mous
 
 from arihpc import planning_sim as sim
 from arihpc.cli import main
@@ -143,13 +143,8 @@ def test_a_catalog_plans_what_the_selection_selects(samples_dir, tmp_path):
 
 def test_a_store_plans_what_is_left_with_run_times_fitted_to_its_history(tmp_path):
     url = f"sqlite:///{tmp_path}/c.db"
-    tsv = tmp_path / "aq.tsv"
     uids = [f"uid://A001/X40/X{i:x}" for i in range(1, 41)]
-    tsv.write_text("Member ous id\tProject code\tQA2 Status\tArray\n" + "".join(
-        f"{u}\t2016.1.{i:05d}.S\tPASS\t12m\n" for i, u in enumerate(uids)))
-    assert run(url, "catalog", "import", tsv).exit_code == 0
-    import_sizes(url, tmp_path, {u: (i + 1) * 10**9 for i, u in enumerate(uids)})
-    assert run(url, "select").exit_code == 0
+    select_mous(url, tmp_path, uids, {u: (i + 1) * 10**9 for i, u in enumerate(uids)})
     plan = plan_json("--machines", "1", "--runs", "50", "--no-failures", store=url)
     assert plan["done"]["median"] == 40
     # the default model: 7 h at 13 GB, linear in size: sum over 1..40 GB
@@ -162,14 +157,9 @@ def test_run_times_are_fitted_to_the_mous_the_store_has_done(tmp_path):
     from arihpc.store_campaign import CampaignStore
 
     url = f"sqlite:///{tmp_path}/c.db"
-    tsv = tmp_path / "aq.tsv"
     uids = [f"uid://A001/X41/X{i:x}" for i in range(1, 31)]
-    tsv.write_text("Member ous id\tProject code\tQA2 Status\tArray\n" + "".join(
-        f"{u}\t2016.1.{i:05d}.S\tPASS\t12m\n" for i, u in enumerate(uids)))
-    assert run(url, "catalog", "import", tsv).exit_code == 0
     size = {u: 2 + i % 10 for i, u in enumerate(uids)}                  # 2..11 GB
-    import_sizes(url, tmp_path, {u: g * 10**9 for u, g in size.items()})
-    assert run(url, "select").exit_code == 0
+    select_mous(url, tmp_path, uids, {u: g * 10**9 for u, g in size.items()})
     store = CampaignStore.open(url)
     for uid in uids[:10]:               # done: 3 h per GB, unlike the default 7 h / 13 GB
         attempt = store.start_attempt(uid, "ci", 1.0)

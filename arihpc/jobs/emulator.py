@@ -86,7 +86,12 @@ class Trace:
         self.path, self.mous, self.stage = path, workdir.name, stage
         self.started = time.time()
         self.done = False
+        self.previous = None
+
+    def start(self) -> "Trace":
+        """Catch SIGTERM from now on (a walltime kill): a ``killed`` line, then exit 143."""
         self.previous = signal.signal(signal.SIGTERM, self._killed)
+        return self
 
     def _write(self, outcome: str) -> None:
         now = time.time()
@@ -129,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                                                   "walltime"]))
     parser.add_argument("--trace", type=Path, help="append this run's CPU use to this file")
     args = parser.parse_args(argv)
-    trace = Trace(args.trace, args.workdir, args.stage) if args.trace else None
+    trace = Trace(args.trace, args.workdir, args.stage).start() if args.trace else None
     try:
         return stage(args, trace)
     finally:
