@@ -15,7 +15,6 @@ Staging: with I/O slots (``storage.io-slots``), the fetch of the next MOUS runs 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -24,13 +23,13 @@ from typing import Callable
 
 from distributed import Client, wait
 
-from arihpc import planning
-from arihpc.campaign_workers import FETCH_PREFIX, WorkerPool, fetch_results
+from arihpc import config, planning
+from arihpc.campaign_workers import FETCH_PREFIX, WorkerPool, fetch_results, jobs_wanted, slots_held
 from arihpc.jobs.failures import retry_policy
 from arihpc.jobs.payloads import FETCH_STAGE, MousTask
 from arihpc.jobs.runner import Outcome, retry_task, run_in_worker
 from arihpc.mous import disk_name
-from arihpc.sites.cluster import SiteCluster
+from arihpc.sites.cluster import SiteCluster, deadline_s
 from arihpc.sites.profile import SiteProfile
 from arihpc.store_campaign import CampaignStore, Claim
 
@@ -89,6 +88,7 @@ class Orchestrator:
         self.claimed = 0
         self.pool = WorkerPool(client)
         self._estimated = 0.0
+        self.settings: dict = {}            # the campaign config, read at run()
 
     @property
     def capacity(self) -> int:
@@ -118,6 +118,7 @@ class Orchestrator:
                         self.profile.name, " ".join(orphans))
         self.tally.recovered = self.store.recover(self.profile.name)
         self.models = self._models()
+        self.settings = config.overrides()      # --config reaches the workers with each task
         while not stop.is_set():
             self.pool.refresh()
             # One commit a round (one fsync of an SQLite store) for all of its writes: the
@@ -137,7 +138,7 @@ class Orchestrator:
                 stop.wait(min(max(0.0, retry_at - time.time()), 5.0))   # a retry backs off
                 continue
             self.cluster.keep_jobs(self._jobs_wanted(), self.pool.busy())
-            self.pool.retire_idle_draining()
+            self.pool.retire_idle_draining(slots_held(self.items))
             self._collect()
             self._repark_orphans()
         if stop.is_set():
@@ -197,7 +198,8 @@ class Orchestrator:
             self.tally.failed += 1
             return
         task = MousTask(claim.uid, self.workroot / disk_name(claim.uid), self.payload,
-                        size_gb, memory_gb, attempt, self.options)
+                        size_gb, memory_gb, attempt, self.options, settings=self.settings,
+                        project=claim.project)
         self.items.append(Item(claim, task, node_class.name, number, "claimed"))
 
     def _fetch_ahead(self) -> None:
@@ -227,7 +229,7 @@ class Orchestrator:
             self.futures[future] = item
         self.outbox.clear()
 
-    def _compute(self, item: Item, worker: str | None = None) -> None:
+    def _compute(self, item: Item, worker: str) -> None:
         if item.phase != "parked":
             self.store.computing(item.claim.uid)
         item.phase = "computing"
@@ -236,42 +238,34 @@ class Orchestrator:
 
     def _start_compute(self) -> None:
         """Parked MOUS first (to a worker with time enough), then the staged ones in claim
-        order: a MOUS never starts computing before one claimed earlier."""
-        computing = sum(1 for item in self.items if item.phase in ("computing", "parked"))
-        taken: dict[str, int] = {}
+        order, each to a worker with a free slot (dask, without work stealing, would pile
+        them on the first worker up). Within a node class a MOUS never starts computing
+        before one claimed earlier."""
+        held = slots_held(self.items)
         for item in [i for i in self.items if i.phase == "parked"]:
-            worker = self.pool.pick(item.node_class, item.needs_s, taken)
+            worker = self.pool.pick(item.node_class, item.needs_s, held)
             if worker is None:
-                self.pool.drain_short(item.needs_s)
+                self.pool.drain_short(item.needs_s, held)
                 continue
-            taken[worker] = taken.get(worker, 0) + 1
+            held[worker] = held.get(worker, 0) + 1
             item.attempt = self.store.start_attempt(item.claim.uid, self.profile.name,
                                                     item.task.memory_gb)
             self._compute(item, worker)
+        waiting: set[str] = set()           # classes with a MOUS that found no worker
         for item in self.items:
-            if computing >= self.capacity or item.phase == "fetching":
-                return
-            if item.phase in ("claimed", "staged"):
-                self._compute(item)
-                computing += 1
+            if item.phase == "fetching":
+                waiting.add(item.node_class)    # it computes first once staged
+            if item.phase not in ("claimed", "staged") or item.node_class in waiting:
+                continue
+            worker = self.pool.pick(item.node_class, 0.0, held)
+            if worker is None:
+                waiting.add(item.node_class)
+                continue
+            held[worker] = held.get(worker, 0) + 1
+            self._compute(item, worker)
 
     def _jobs_wanted(self) -> dict[str, int]:
-        """Jobs per node class: MOUS slots for what computes or waits, I/O slots for fetches
-        ahead, and a replacement for each draining worker."""
-        slots = {c.name: c.slots for c in self.profile.node_classes}
-        compute: dict[str, int] = {}
-        fetch: dict[str, int] = {}
-        for item in self.items:
-            into = fetch if item.phase in ("claimed", "fetching", "staged") else compute
-            into[item.node_class] = into.get(item.node_class, 0) + 1
-        io = max(1, self.profile.storage.io_slots)
-        wanted = {name: max(math.ceil(compute.get(name, 0) / slots[name]),
-                            math.ceil(fetch.get(name, 0) / io) if not compute else 0)
-                  for name in set(compute) | set(fetch)}
-        for name, count in self.pool.draining_per_class().items():
-            if name in wanted:
-                wanted[name] += count
-        return wanted
+        return jobs_wanted(self.items, self.profile, self.pool.draining_per_class())
 
     # --- results ---
 
@@ -318,13 +312,15 @@ class Orchestrator:
             self.items.remove(item)
             if self.tally.done % REFIT_EVERY == 0:
                 self.models = self._models()
+        elif outcome.status in ("yielded", "interrupted") and \
+                (outcome.needs_s or 0) > deadline_s(self.profile):
+            self.items.remove(item)
+            self._exceeds_walltime(item, outcome, result)
         elif outcome.status in ("yielded", "interrupted"):
             self.store.finish_attempt(item.attempt, result, "queued", item.task.memory_gb)
             self.tally.resumed += 1
             item.attempt, item.phase = None, "parked"
             item.needs_s = outcome.needs_s or 0.0
-            if outcome.status == "yielded" and result.get("worker"):
-                self.pool.draining.add(result["worker"])    # it can fit no more of this
             item.task = replace(item.task, attempt=item.task.attempt + 1)
         else:
             self.items.remove(item)
@@ -339,6 +335,18 @@ class Orchestrator:
                 self._settle(item, {"uid": item.claim.uid, "status": "interrupted",
                                     "error_class": "walltime",
                                     "message": f"worker {item.worker} left"})
+
+    def _exceeds_walltime(self, item: Item, outcome: Outcome, result: dict) -> None:
+        """A stage predicted to need more than a whole job of this site: no job would ever
+        start it, and draining and replacing jobs for it would go on for ever."""
+        usable = deadline_s(self.profile)
+        self.store.finish_attempt(item.attempt, {
+            **result, "status": "failed", "error_class": "exceeds-walltime",
+            "message": f"{outcome.stage} needs ~{outcome.needs_s:.0f} s in one job; a job of "
+                       f"{self.profile.name} has {usable} s (walltime {self.profile.walltime} "
+                       f"less drain-margin): raise walltime, or lower runner.walltime-margin-s"
+                       f" or the stage's prediction"}, "failed")
+        self.tally.failed += 1
 
     def _failed(self, item: Item, outcome: Outcome, result: dict) -> None:
         earlier = self.store.failures_of_class(item.claim.uid, outcome.error_class or "unknown")
@@ -379,7 +387,7 @@ class Orchestrator:
 def campaign_options(profile: SiteProfile, extra: dict | None = None) -> dict:
     """Payload options from the site profile (archive, CASA installations), plus ``extra``."""
     return {"source": profile.archive, "casa": profile.casa, "imaging": profile.casa_imaging,
-            **(extra or {})}
+            "delivery": profile.delivery, **(extra or {})}
 
 
 def run_site(store: CampaignStore, profile: SiteProfile, payload: str, options: dict,

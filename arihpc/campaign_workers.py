@@ -1,9 +1,10 @@
 """The site's dask workers as the orchestrator sees them: node class, deadline, load.
 
 Each worker's deadline (when it leaves, from its job prologue) is read once with
-``client.run(probe)``. A MOUS that yielded on a worker short of time waits, parked, until a
-worker with enough time left has a free slot; the worker it yielded on drains: it is retired
-once idle, and a fresh job takes its place.
+``client.run(probe)``. Every MOUS goes to a chosen worker with a free slot. A MOUS that yielded
+on a worker short of time waits, parked, until a worker with enough time left has a free
+slot; when none has, idle workers with too little time drain: each is retired once idle, and
+a fresh job takes its place.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from distributed import Client
 
 from arihpc.jobs.probe import probe
+from arihpc.sites.profile import SiteProfile
 
 log = logging.getLogger(__name__)
 FETCH_PREFIX = "fetch-"         # keys of fetch-ahead tasks (I/O slots, not MOUS slots)
@@ -76,36 +78,72 @@ class WorkerPool:
             counts[name] = counts.get(name, 0) + 1
         return counts
 
-    def pick(self, node_class: str, needs_s: float, taken: dict[str, int]) -> str | None:
+    def pick(self, node_class: str, needs_s: float, ours: dict[str, int]) -> str | None:
         """A worker of this class with a free MOUS slot and ``needs_s`` seconds left (the
-        one with the most time left), or None. ``taken``: slots promised this round."""
+        one with the most time left), or None. ``ours``: the slots our MOUS hold on each
+        worker, those sent this round included (the scheduler's view may not show them yet)."""
         now, best = time.time(), None
         for address, info in self.info.items():
             if self.classes.get(address) != node_class or address in self.draining:
                 continue
             slots = info.get("resources", {}).get("slots", 1)
-            free = slots - self.compute_load(address) - taken.get(address, 0)
+            free = slots - max(self.compute_load(address), ours.get(address, 0))
             left = self.deadlines.get(address, 0) - now
             if free > 0 and left >= needs_s and (best is None or left > best[0]):
                 best = (left, address)
         return best[1] if best else None
 
-    def drain_short(self, needs_s: float) -> None:
+    def _idle(self, address: str, ours: dict[str, int]) -> bool:
+        return not (self.processing.get(address) or self.holding.get(address)
+                    or ours.get(address))
+
+    def drain_short(self, needs_s: float, ours: dict[str, int]) -> None:
         """Idle workers with less than ``needs_s`` left can run nothing that waits: drain."""
         now = time.time()
         for address in self.info:
-            if not self.processing.get(address) and not self.holding.get(address) \
-                    and self.deadlines.get(address, math.inf) - now < needs_s:
+            if self._idle(address, ours) and self.deadlines.get(address, math.inf) - now < needs_s:
                 self.draining.add(address)
 
-    def retire_idle_draining(self) -> None:
-        """Let draining workers go once they run nothing; their jobs end, fresh ones follow."""
-        idle = [a for a in self.draining
-                if not self.processing.get(a) and not self.holding.get(a)]
+    def retire_idle_draining(self, ours: dict[str, int]) -> None:
+        """Let draining workers go once they run nothing; their jobs end, fresh ones follow.
+        ``ours``: as for ``pick``; a worker just sent a MOUS is not idle."""
+        idle = [a for a in self.draining if self._idle(a, ours)]
         if idle:
             log.info("retiring %d drained worker(s)", len(idle))
             self.client.retire_workers(idle, close_workers=True)
             self.draining -= set(idle)
+
+
+def slots_held(items: list) -> dict[str, int]:
+    """MOUS slots the orchestrator's computing MOUS (``campaign.Item``) hold, per worker."""
+    held: dict[str, int] = {}
+    for item in items:
+        if item.phase == "computing" and item.worker:
+            held[item.worker] = held.get(item.worker, 0) + 1
+    return held
+
+
+def jobs_wanted(items: list, profile: SiteProfile, draining: dict[str, int]) -> dict[str, int]:
+    """Jobs per node class: MOUS slots for what computes or waits to (the first MOUS up to
+    the site's capacity, in order), I/O slots for fetches ahead, and a replacement for each
+    draining worker (``draining``: per class)."""
+    slots = {c.name: c.slots for c in profile.node_classes}
+    compute: dict[str, int] = {}
+    fetch: dict[str, int] = {}
+    computes = 0
+    for item in items:
+        into = fetch
+        if item.phase != "fetching" and computes < profile.mous_slots:
+            into, computes = compute, computes + 1
+        into[item.node_class] = into.get(item.node_class, 0) + 1
+    io = max(1, profile.storage.io_slots)
+    wanted = {name: max(math.ceil(compute.get(name, 0) / slots[name]),
+                        math.ceil(fetch.get(name, 0) / io) if not compute else 0)
+              for name in set(compute) | set(fetch)}
+    for name, count in draining.items():
+        if name in wanted:
+            wanted[name] += count
+    return wanted
 
 
 def fetch_results(client: Client, finished: list) -> dict:

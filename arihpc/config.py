@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -65,6 +66,35 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: unknown setting(s): {', '.join(unknown)} "
                           f"(the settings and their defaults are in {DEFAULTS_FILE})")
     return flat
+
+
+def overrides() -> dict[str, Any]:
+    """The arihpc settings in force that differ from the packaged defaults, dotted: what a
+    campaign config file, ``dask.config.set`` or ``DASK_ARIHPC__*`` changed. A batch job's
+    worker does not see them; its tasks carry them (``apply``)."""
+    current = _flatten({"arihpc": dask.config.get("arihpc")}, DEFAULTS, "", [])
+    packaged = _flatten(DEFAULTS, DEFAULTS, "", [])
+    return {path: value for path, value in current.items() if packaged.get(path) != value}
+
+
+_applied: dict[str, Any] = {}
+
+
+def apply(settings: dict[str, Any]) -> None:
+    """Put ``settings`` (from ``overrides``) in force in this process for good, and in the
+    commands it starts (through dask's own DASK_INTERNAL_INHERIT_CONFIG, which a Python
+    process importing dask reads). For a worker: it serves one campaign."""
+    if not settings or settings == _applied:
+        return
+    dask.config.set(settings)
+    nested: dict = {}
+    dask.config.set(settings, config=nested)
+    inherited = os.environ.get("DASK_INTERNAL_INHERIT_CONFIG")
+    if inherited:
+        nested = dask.config.merge(dask.config.deserialize(inherited), nested)
+    os.environ["DASK_INTERNAL_INHERIT_CONFIG"] = dask.config.serialize(nested)
+    _applied.clear()
+    _applied.update(settings)
 
 
 @contextlib.contextmanager

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 from xml.sax.saxutils import escape
 
-from arihpc.jobs.fetch import MANIFEST, sha256_of
+from arihpc.jobs.fetch import MANIFEST
+from arihpc.jobs.manifest import sha256_of
 from arihpc.jobs.workdir import write_json_atomic
 from arihpc.mous import disk_name
 from arihpc.sites.command import run_command

@@ -25,7 +25,8 @@ ACTIVE = ("queued", "staging", "running")
 # compiled form instead of building and hashing a new statement per MOUS.
 _CLAIMABLE = sa.or_(mous.c.state == "new", sa.and_(mous.c.state == "waiting",
                                                     mous.c.not_before <= sa.bindparam("b_now")))
-_CANDIDATES = (sa.select(mous.c.uid, mous.c.priority, mous.c.size_bytes, mous.c.memory_gb)
+_CANDIDATES = (sa.select(mous.c.uid, mous.c.priority, mous.c.size_bytes, mous.c.memory_gb,
+                         mous.c.project)
                .where(mous.c.selected.is_(True), _CLAIMABLE)
                .order_by(mous.c.priority, mous.c.uid).limit(sa.bindparam("b_limit")))
 _CLAIM = mous.update().where(mous.c.uid == sa.bindparam("b_uid"), _CLAIMABLE).values(
@@ -56,6 +57,7 @@ class Claim:
     size_bytes: int | None
     memory_gb: float | None
     attempts: int
+    project: str | None = None
 
 
 class CampaignStore(Store):
@@ -81,7 +83,8 @@ class CampaignStore(Store):
             earlier = dict(conn.execute(_ATTEMPTS, {"b_uids": [r.uid for r in taken]}).all())
             self._events(conn, "claim", [(r.uid, {"site": site, "owner": owner})
                                          for r in taken])
-        return [Claim(r.uid, r.priority, r.size_bytes, r.memory_gb, earlier.get(r.uid, 0))
+        return [Claim(r.uid, r.priority, r.size_bytes, r.memory_gb, earlier.get(r.uid, 0),
+                      r.project)
                 for r in taken]
 
     def start_attempt(self, uid: str, site: str, memory_gb: float | None,

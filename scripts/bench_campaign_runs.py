@@ -207,15 +207,10 @@ def arihpc_files(setup: Setup) -> tuple[Path, Path]:
     download, and running it ahead would overcommit a one-core job; x11 off (no CASA, no X).
     Config: walltime-margin-s 2 (the emulator's predicted duration is its exact CPU + 1 s);
     small memory predictions (the emulator touches 1 MB per GB); largest MOUS first (the
-    same order as the other strategies). The site's prologue exports the same margin to the
-    workers through dask's environment: ``arihpc --config`` reaches only the orchestrator, and
-    with the packaged 30 s a 1-minute job fits no stage of the largest MOUS (it never runs)."""
+    same order as the other strategies). The workers get the config with each task."""
     site = yaml.safe_load((ROOT / "site-configs" / "ci-slurm.yaml").read_text())
     site.update({"walltime": setup.walltime, "drain-margin": "00:00:05",
-                 "max-jobs": setup.cores + 1, "x11": False,
-                 # The campaign config reaches only the orchestrator, not run_mous in the
-                 # workers: they get the runner's margin from dask's environment instead.
-                 "prologue": [f"export DASK_ARIHPC__RUNNER__WALLTIME_MARGIN_S={MARGIN_S}"]})
+                 "max-jobs": setup.cores + 1, "x11": False})
     site["storage"].update({"work-dir": str(setup.folder / "work"), "io-slots": 0})
     site_path = setup.folder / "bench.yaml"         # job names arihpc-bench-<class>
     site_path.write_text(yaml.safe_dump(site, sort_keys=False))

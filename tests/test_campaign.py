@@ -192,3 +192,52 @@ def test_progress_bar_shows_counts_and_the_eta_on_a_terminal(monkeypatch, capsys
     line = capsys.readouterr().err
     assert line.startswith("\r[#####.....] done 3  failed 1") and "left 4" in line
     assert line.rstrip().endswith("ETA 2.0 h (pace)")
+
+
+def attempts_of(store: CampaignStore) -> list[tuple]:
+    with store.engine.connect() as conn:
+        return [(r.uid, r.outcome, r.error_class, r.message) for r in conn.execute(
+            sa.select(attempts).order_by(attempts.c.id))]
+
+
+def test_a_stage_longer_than_any_job_fails_as_exceeds_walltime_instead_of_churning_jobs(
+        tmp_path):
+    url, uids = campaign(tmp_path, 2)
+    path = tmp_path / "site.yaml"       # a job's worker leaves 90 s after it starts
+    path.write_text("batch-system: local\nmax-jobs: 1\nx11: false\nwalltime: '00:02:00'\n"
+                    "drain-margin: '00:00:30'\nnode-classes:\n  one: {cores: 1, memory: 1GB}\n"
+                    f"storage: {{kind: local, work-dir: {tmp_path}/work, scratch: /tmp}}\n"
+                    "casa: {imaging: '6.7.0.31', installations: {'6.7.0.31': pypi}}\n")
+    profile = load_profile(str(path))
+    store, stop = CampaignStore.open(url), threading.Event()
+    # Every stage of this payload is predicted to take 200 s: more than any job has.
+    threading.Timer(90, stop.set).start()       # the old code never ended: fail, not hang
+    with SiteCluster.start(profile) as cluster, Client(cluster.cluster) as client:
+        tally = Orchestrator(store, profile, cluster, client, "emulator",
+                             {"cpu-s-per-gb": 0.02, "predicted-s": 200},
+                             Path(profile.storage.work_dir)).run(stop)
+        jobs_started = cluster._serial
+    assert not stop.is_set() and tally.failed == 2
+    stop.set()
+    assert store.status()["states"] == {"failed": 2}
+    tries = attempts_of(store)
+    assert [t[1:3] for t in tries] == [("failed", "exceeds-walltime")] * 2
+    assert "fetch needs ~230 s in one job; a job of site has 90 s" in tries[0][3]
+    assert jobs_started <= 2
+
+
+@pytest.mark.slurm
+def test_the_campaign_config_file_reaches_run_mous_in_batch_jobs(tmp_path):
+    """A runner margin bigger than a job's whole time: the worker, in a SLURM job, must use
+    it (and yield) rather than the packaged 30 s (and finish)."""
+    url, uids = campaign(tmp_path, 1)
+    (tmp_path / "c.yaml").write_text(CONFIG_FILE + "  runner:\n    walltime-margin-s: 1000\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "arihpc.cli", "--store", url, "--config", str(tmp_path / "c.yaml"),
+         "run", "--site", str(ci_slurm_site(tmp_path)), "--payload", "emulator",
+         "--payload-options", json.dumps({"cpu-s-per-gb": 0.02})],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (attempt,) = attempts_of(CampaignStore.open(url))
+    assert attempt[1:3] == ("failed", "exceeds-walltime"), attempt
+    assert "needs ~1001 s in one job; a job of ci-slurm has 540 s" in attempt[3]

@@ -61,7 +61,8 @@ def test_simulated_mous_fetch_restore_image_export(archive, tmp_path):
                     options={"source": source, "casa": {"6.7.0.31": "pypi"}})
     outcome = run_mous(task)
     assert outcome.status == "done", (outcome.error_class, outcome.message, outcome.log_lines)
-    assert outcome.stages_run == ("fetch", "restore", "image", "export")
+    assert outcome.stages_run == ("fetch", "restore", "image", "export",
+                                  "qa", "preview", "package")     # no QA2: no-counterpart
     summary = json.loads((task.workdir / "restore" / "summary.json").read_text())
     spws = summary["spws"]
     assert len(spws) == 2

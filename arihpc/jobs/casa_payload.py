@@ -183,9 +183,11 @@ def _good_size(n: int) -> int:
     return n
 
 
-def _geometry(vis: list[str], spws: list[dict], max_imsize: int) -> Geometry:
-    """Cell = 1/5 of the synthesized beam (lambda/Bmax at the top frequency); image = 1.5
-    primary-beam FWHM (1.13 lambda/D at the lowest frequency), at most ``max_imsize``."""
+def _geometry(vis: list[str], spws: list[dict], max_imsize: int,
+              cell_arcsec: float | None = None) -> Geometry:
+    """Cell = 1/5 of the synthesized beam (lambda/Bmax at the top frequency) unless given;
+    image = 1.5 primary-beam FWHM (1.13 lambda/D at the lowest frequency), at most
+    ``max_imsize``."""
     import casatools
     import numpy as np
 
@@ -201,7 +203,7 @@ def _geometry(vis: list[str], spws: list[dict], max_imsize: int) -> Geometry:
         raise PayloadError(f"{vis[0]}: fewer than two antennas, no baseline to image with")
     top, bottom = max(s["max_hz"] for s in spws), min(s["min_hz"] for s in spws)
     beam = C_M_S / top / longest * ARCSEC_PER_RAD
-    cell = float(f"{beam / 5:.2g}")
+    cell = cell_arcsec or float(f"{beam / 5:.2g}")
     field_of_view = 1.5 * 1.13 * C_M_S / bottom / dish * ARCSEC_PER_RAD
     return Geometry(cell, min(_good_size(math.ceil(field_of_view / cell)), max_imsize))
 
@@ -244,7 +246,7 @@ def image(workdir: Path, disk: str, args: argparse.Namespace) -> None:
     images = []
     for name, source in sorted(summary["sources"].items()):
         spws = source["spws"]
-        geometry = _geometry(vis, [setups[s] for s in spws], args.max_imsize)
+        geometry = _geometry(vis, [setups[s] for s in spws], args.max_imsize, args.cell_arcsec)
         stem = f"{disk}.{_name_of(name, source['intents'])}"
         jobs = [([spw], f"spw{spw}.cube", "cube") for spw in spws]
         jobs.append((spws, f"spw{'_'.join(map(str, spws))}.cont", "cont"))
@@ -255,8 +257,19 @@ def image(workdir: Path, disk: str, args: argparse.Namespace) -> None:
             images.append({"name": base.name, "image": f"image/{base.name}.image.pbcor",
                            "source": name, "spws": selected, "kind": kind, "nchan": nchan,
                            **dataclasses.asdict(geometry)})
-    write_json_atomic(out / "products.json", {"uid": summary["uid"], "images": images})
+    write_json_atomic(out / "products.json", {"uid": summary["uid"], "images": images,
+                                              "imaging": _imaging_parameters(args)})
     log.info("imaged %d product(s)", len(images))
+
+
+def _imaging_parameters(args: argparse.Namespace) -> dict:
+    """How the images were made, for the products' HISTORY cards and README."""
+    import casatools
+
+    return {"casa": casatools.version_string(), "task": "tclean", "weighting": "briggs",
+            "robust": args.robust, "niter": args.niter, "deconvolver": "hogbom",
+            "cell_arcsec": args.cell_arcsec or "1/5 beam", "max_imsize": args.max_imsize,
+            "cube": "native channels, LSRK, common beam", "pbcor": True}
 
 
 # ---- export -------------------------------------------------------------------------------
@@ -276,7 +289,8 @@ def export(workdir: Path, disk: str, args: argparse.Namespace) -> None:
             raise PayloadError(f"Error in exportfits: {fits} was not written")
         products.append({"fits": f"export/{fits.name}", "bytes": fits.stat().st_size,
                          **{k: item[k] for k in ("source", "spws", "kind", "nchan")}})
-    write_json_atomic(out / "products.json", {"uid": made["uid"], "products": products})
+    write_json_atomic(out / "products.json", {"uid": made["uid"], "products": products,
+                                              "imaging": made.get("imaging", {})})
     log.info("exported %d FITS file(s)", len(products))
 
 
@@ -306,6 +320,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--niter", type=int, default=100, help="image: tclean iterations")
     parser.add_argument("--robust", type=float, default=0.5, help="image: Briggs robust")
     parser.add_argument("--max-imsize", type=int, default=512, help="image: pixels per side")
+    parser.add_argument("--cell-arcsec", type=float, default=None,
+                        help="image: pixel size (default: a fifth of the synthesized beam)")
     parser.add_argument("--source", default="SimSource", help="simulate: source name")
     parser.add_argument("--spw", type=spw_setup, action="append",
                         help="simulate: FREQ_GHZ:NCHAN of one spw (repeat; default 230:8 232:16)")

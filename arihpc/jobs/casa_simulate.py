@@ -77,7 +77,8 @@ def _simulate_ms(ms: Path, args: argparse.Namespace) -> None:
 
 def simulate(workdir: Path, disk: str, args: argparse.Namespace) -> None:
     """``DIR/raw/<uid>.ms.tar`` and ``DIR/raw/MANIFEST.json`` (the fetch stage's archive)."""
-    from arihpc.jobs.fetch import MANIFEST, sha256_of
+    from arihpc.jobs.fetch import MANIFEST
+    from arihpc.jobs.manifest import sha256_of
 
     raw = workdir / "raw"
     shutil.rmtree(raw, ignore_errors=True)     # a run cut earlier may have left part of it

@@ -24,7 +24,6 @@ Run as a command: ``python -m arihpc.jobs.fetch --source TEMPLATE --uid UID --de
 from __future__ import annotations
 
 import argparse
-import hashlib
 import http.client
 import json
 import logging
@@ -39,6 +38,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from arihpc.errors import ArihpcError, ConfigError, InvalidUid
+from arihpc.jobs.manifest import sha256_of
+from arihpc.jobs.workdir import fsync_path
 from arihpc.mous import disk_name
 
 log = logging.getLogger(__name__)
@@ -137,15 +138,6 @@ def _transfer(location: str, part: Path, size: int, timeout_s: float, chunk: int
         os.fsync(out.fileno())
 
 
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    """The hex sha256 of a whole file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _fetch_file(location: str, entry: dict, dest: Path, retries: int, backoff_s: float,
                 timeout_s: float, chunk: int) -> Path:
     """Fetch one manifest entry into ``dest`` with resume, verification and retries."""
@@ -165,23 +157,15 @@ def _fetch_file(location: str, entry: dict, dest: Path, retries: int, backoff_s:
         if have < size:
             problem = f"connection dropped after {have} of {size} bytes"
             continue
-        got = sha256_of(part, chunk) if have == size else None
+        got = sha256_of(part) if have == size else None
         if got == want:
             os.replace(part, final)
-            _fsync_dir(dest)
+            fsync_path(dest)
             return final
         problem = (f"size mismatch: got more than {size} bytes" if got is None
                    else f"sha256 mismatch: got {got}, MANIFEST says {want}")
         part.unlink()
     raise DownloadError(f"{location}: {problem} (after {retries + 1} attempts)")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _load_json(where: str, timeout_s: float) -> object:
@@ -256,7 +240,7 @@ def fetch_mous(source_template: str, disk_uid: str, dest: Path, retries: int = 2
         path = dest / entry["name"]
         location = _join(base, entry["name"])
         if (path.is_file() and path.stat().st_size == entry["size"]
-                and sha256_of(path, chunk) == entry["sha256"].lower()):
+                and sha256_of(path) == entry["sha256"].lower()):
             log.info("%s: already complete, skipped", path)
         else:
             _fetch_file(location, entry, dest, retries, backoff_s, timeout_s, chunk)

@@ -1,11 +1,13 @@
 """Stage plans of the payloads: real CASA; the emulator and a no-op for tests and benchmarks.
 
 A stage is one external command that writes its outputs under one folder of the MOUS's
-work directory. Stages with no real work yet (qa, preview, package) are not in the plans.
+work directory (the package stage also places ari_l/ in the MOUS's delivery folder).
 """
 
 from __future__ import annotations
 
+import glob
+import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,8 @@ from arihpc.mous import disk_name
 
 GB = 1e9
 FETCH_STAGE = "fetch"           # every plan starts with it; it may run ahead of compute
+PRODUCT_STAGES = ("qa", "preview", "package")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,8 @@ class MousTask:
     attempt: int = 1
     options: dict = field(default_factory=dict)
     last_stage: str | None = None           # stop after this stage (a fetch ahead of compute)
+    settings: dict = field(default_factory=dict)    # the campaign's config (config.overrides)
+    project: str | None = None              # its ALMA project code, when the catalog gave it
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,22 @@ def emulator_plan(task: MousTask) -> list[StageSpec]:
     return plan
 
 
+def delivery_folder(task: MousTask) -> Path | None:
+    """The MOUS's member folder in the ALMA delivery tree, from ``options['delivery']``: a
+    path template with ``{uid}`` (uid___A001_X1_X2) and ``{project}``, where ``*`` may stand
+    for the science goal and group folders. None when not given or not found."""
+    template = task.options.get("delivery")
+    if not template:
+        return None
+    pattern = str(template).format(uid=disk_name(task.uid), project=task.project or "*")
+    found = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+    found = [Path(f) for f in found if Path(f).is_dir()]
+    if len(found) != 1:
+        log.warning("%s: %s delivery folder(s) match %s", task.uid, len(found) or "no", pattern)
+        return None
+    return found[0]
+
+
 def casa_command(task: MousTask) -> list[str]:
     """How to start arihpc's CASA stage script with the right CASA.
 
@@ -92,8 +114,8 @@ def casa_command(task: MousTask) -> list[str]:
     """
     installations = task.options.get("casa") or {"6.7.0.31": "pypi"}
     version = task.options.get("imaging") or next(iter(installations))
-    delivery = task.options.get("delivery")
-    found = detect_casa_version(Path(delivery)) if delivery else None
+    delivery = delivery_folder(task)
+    found = detect_casa_version(delivery) if delivery else None
     if found:
         version = found[0]
     command = choose_installation(version, installations)
@@ -104,9 +126,21 @@ def casa_command(task: MousTask) -> list[str]:
     return [command, "--nogui", "--nologger", "--agg", "-c", str(script)]
 
 
+def product_stages(task: MousTask) -> list[StageSpec]:
+    """qa, preview, package (arihpc.jobs.products): ARI-L products from the exported FITS."""
+    delivery, plan = delivery_folder(task), []
+    for name in PRODUCT_STAGES:
+        argv = [sys.executable, "-m", "arihpc.jobs.products", name,
+                "--workdir", str(task.workdir), "--uid", task.uid]
+        argv += ["--delivery", str(delivery)] if delivery else []
+        argv += ["--project", task.project] if task.project else []
+        plan.append(StageSpec(name, argv, name, _predicted(name, task), _memory_limit(task)))
+    return plan
+
+
 def casa_plan(task: MousTask) -> list[StageSpec]:
     """fetch (from the archive URL or mirror template in ``options['source']``), then real
-    CASA: restore, image, export (arihpc.jobs.casa_payload)."""
+    CASA: restore, image, export (arihpc.jobs.casa_payload), then the ARI-L products."""
     if not task.options.get("source"):
         raise ValueError("the casa payload needs options['source'], the archive template")
     plan = [fetch_stage(task)]
@@ -114,7 +148,7 @@ def casa_plan(task: MousTask) -> list[StageSpec]:
     for name in ("restore", "image", "export"):
         argv = [*casa, name, "--workdir", str(task.workdir), "--uid", task.uid]
         plan.append(StageSpec(name, argv, name, _predicted(name, task), _memory_limit(task)))
-    return plan
+    return plan + product_stages(task)
 
 
 def noop_plan(task: MousTask) -> list[StageSpec]:

@@ -194,6 +194,7 @@ def run_in_worker(task: MousTask) -> dict:
     from distributed.core import Status
 
     worker = get_worker()
+    config.apply(task.settings)     # a batch job's worker never read the campaign's config
     live.publish(worker)
     stop, finished = threading.Event(), threading.Event()
 

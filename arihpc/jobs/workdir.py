@@ -23,11 +23,16 @@ def write_json_atomic(path: Path, data: dict) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    folder = os.open(path.parent, os.O_RDONLY)
+    fsync_path(path.parent)         # the rename itself survives a crash
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file, or a folder's entries (so that a rename in it survives a crash)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(folder)            # the rename itself survives a crash
+        os.fsync(fd)
     finally:
-        os.close(folder)
+        os.close(fd)
 
 
 def checkpoint_path(workdir: Path, stage: str) -> Path:

@@ -81,6 +81,7 @@ class SiteProfile:
     casa_imaging: str
     payload: str = "casa"
     archive: str | None = None
+    delivery: str | None = None         # template of the MOUS's delivery-tree member folders
 
     @property
     def mous_slots(self) -> int:
@@ -285,7 +286,7 @@ def _build(reader: _Reader, name: str, fields: dict) -> SiteProfile:
                            for n, v in classes.items()),
         casa=casa, casa_imaging=imaging,
         payload=_choice(reader, "payload", fields["payload"], PAYLOADS),
-        archive=fields["archive"])
+        archive=fields["archive"], delivery=fields["delivery"])
 
 
 def _hms(seconds: int) -> str:
