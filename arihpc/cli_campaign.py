@@ -177,8 +177,11 @@ def demo_command(ctx: click.Context, directory: Path, count: int | None,
       simobserve when CASA is installed, else random bytes for the emulator payload,
       and imports their sizes from a DataLink VOTable, like the archive's;
     - serves them over HTTP on 127.0.0.1 and runs the campaign on the local site
-      (DIR/local.yaml, two MOUS at a time): fetch, restore, image, export each MOUS;
-    - prints what was made and where (FITS under DIR/work/UID/export/).
+      (DIR/local.yaml, two MOUS at a time): fetch, restore, image, export, then
+      qa, preview, package each MOUS (there is no archived QA2 delivery here, so
+      the ARIQA verdicts read not-assessed);
+    - prints what was made and where (FITS under DIR/work/UID/export/, the ARI-L
+      tar under DIR/work/UID/package/).
 
     Run it again: everything is found done and nothing runs. The store is always
     DIR/arihpc.db (--store is not used); --config applies (selection rules, order).
@@ -298,6 +301,8 @@ def _demo_summary(demo, store, elapsed_s: float) -> int:
         if r.state == "done":
             size = _human(sum(n for _, n in r.products))
             what = f"done, {len(r.products)} product(s), {size}, in {r.workdir / 'export'}"
+            tars = sorted((r.workdir / "package").glob("*.ari_l.tar"))
+            what += f"; ARI-L tar {tars[0]}" if tars else ""
         elif r.state == "failed":
             what = f"failed ({r.error_class}): logs in {r.workdir / 'log'}"
         else:

@@ -256,3 +256,11 @@ def test_docs_list_every_ariqa_column():
     text = (REPO / "docs" / "keywords.md").read_text()
     for name in ariqa.COLUMNS:
         assert f"`{name}`" in text, f"{name} missing from docs/keywords.md"
+
+
+def test_without_a_delivery_folder_every_product_has_no_counterpart_and_says_why(tmp_path):
+    pipeline = tmp_path / cube("S")
+    write_image(pipeline, casa_header(nchan=8), noise=1e-3)
+    table = ariqa.ariqa_table([pipeline], None)
+    assert list(table["verdict"]) == ["no-counterpart"]
+    assert "no delivery folder (site profile key delivery)" in table["reason"][0]

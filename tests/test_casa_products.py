@@ -163,7 +163,8 @@ def test_products_pass_fitsverify_with_history_and_computed_keywords(campaign):
         fitsverify(product)
         header = fits.getheader(product)
         history = "\n".join(str(h) for h in header["HISTORY"])
-        for needed in (f"mous: {UID}", "casa: 6.7.0", "imaging:", "robust=0.5", "arihpc:"):
+        for needed in (f"mous: {UID}", "casa: 6.7.0", "imaging:", "robust=0.5", "arihpc:",
+                       "grid: cell="):
             assert needed in history, needed
         for key in fits_keywords.KEYWORDS:
             if key != "ARIPKCH" or ".cube." in product.name:
@@ -193,6 +194,8 @@ def test_the_delivery_tree_is_unchanged_and_the_tar_manifest_verifies(campaign):
     assert packaging.verify_manifest(ari_l) == []
     (tar,) = (campaign["workdir"] / "package").glob("*.tar")
     assert tar.name == f"{DISK}.ari_l.tar"
+    # published beside the delivery: no third copy of the products is left in the work folder
+    assert sorted(p.name for p in tar.parent.iterdir()) == [tar.name]
     assert packaging.verify_tar(tar) == []
     listing = subprocess.run(["tar", "-tf", str(tar)], capture_output=True, text=True,
                              check=True, timeout=60).stdout.split()

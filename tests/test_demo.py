@@ -134,6 +134,8 @@ def test_casa_demo_makes_fits_products_then_does_nothing(tmp_path):
         names = [p.name for p in products]
         assert names == [f"member.{disk_name(uid)}.{source}_sci.{kind}.I.pbcor.fits"
                          for kind in ("spw0.cube", "spw0_1.cont", "spw1.cube")]
+        tar = directory / "work" / disk_name(uid) / "package" / f"{disk_name(uid)}.ari_l.tar"
+        assert f"ARI-L tar {tar}" in out and tar.is_file()
         for product in products:
             assert product.name in out
             with fits.open(product) as hdul:

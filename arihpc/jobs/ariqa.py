@@ -353,8 +353,10 @@ def ariqa_table(products: Iterable[str | Path], product_folder: str | Path | Non
     rows = []
     for product, qa2 in find_counterparts(products, product_folder).items():
         if qa2 is None:
+            where = (f"in {product_folder}" if product_folder else
+                     "to compare with: no delivery folder (site profile key delivery)")
             rows.append(_no_counterpart(product, f"no QA2 pbcor image of the same source, kind "
-                                                 f"and spws in {product_folder}"))
+                                                 f"and spws {where}"))
             continue
         try:
             rows.append(compare(product, qa2, fraction, threshold))

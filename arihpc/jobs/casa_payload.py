@@ -268,7 +268,8 @@ def _imaging_parameters(args: argparse.Namespace) -> dict:
 
     return {"casa": casatools.version_string(), "task": "tclean", "weighting": "briggs",
             "robust": args.robust, "niter": args.niter, "deconvolver": "hogbom",
-            "cell_arcsec": args.cell_arcsec or "1/5 beam", "max_imsize": args.max_imsize,
+            "cell": f"{args.cell_arcsec}arcsec" if args.cell_arcsec else "beam/5",
+            "max_imsize": args.max_imsize,
             "cube": "native channels, LSRK, common beam", "pbcor": True}
 
 
@@ -288,7 +289,8 @@ def export(workdir: Path, disk: str, args: argparse.Namespace) -> None:
         if not fits.is_file():
             raise PayloadError(f"Error in exportfits: {fits} was not written")
         products.append({"fits": f"export/{fits.name}", "bytes": fits.stat().st_size,
-                         **{k: item[k] for k in ("source", "spws", "kind", "nchan")}})
+                         **{k: item[k] for k in ("source", "spws", "kind", "nchan",
+                                                 "cell_arcsec", "imsize")}})
     write_json_atomic(out / "products.json", {"uid": made["uid"], "products": products,
                                               "imaging": made.get("imaging", {})})
     log.info("exported %d FITS file(s)", len(products))

@@ -99,11 +99,14 @@ def _completed_products(workdir: Path, made: dict, provenance: dict, verdicts: d
     measured = json.loads((workdir / "qa" / KEYWORDS_FILE).read_text())
     into.mkdir(parents=True)
     completed = []
-    for path in _fits(workdir, made):
+    for item in made["products"]:
+        path = workdir / item["fits"]
         stats = fits_keywords.ImageStats(**measured[path.name])
         extra = {"ARIQA": verdicts.get(path.name, "not-assessed")}
+        grid = {"grid": f"cell={item['cell_arcsec']}arcsec imsize={item['imsize']}"} \
+            if "cell_arcsec" in item else {}
         completed.append(fits_keywords.complete_header(path, into / path.name, stats,
-                                                       provenance, extra))
+                                                       {**provenance, **grid}, extra))
     return completed
 
 
@@ -131,6 +134,7 @@ def package(workdir: Path, args: argparse.Namespace) -> None:
         raise ArihpcError(f"{tar}: does not verify: {'; '.join(problems)}")
     if args.delivery and config.get("products.publish-to-delivery"):
         packaging.publish(ari_l, args.delivery)
+        shutil.rmtree(out / "tree")         # the published copy and the tar are enough
     log.info("packaged %d product(s) in %s", len(products), tar)
 
 
