@@ -21,10 +21,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from distributed import Client, wait
+from distributed import Client
 
 from arihpc import config, planning
-from arihpc.campaign_workers import FETCH_PREFIX, WorkerPool, fetch_results, jobs_wanted, slots_held
+from arihpc.campaign_workers import (
+    FETCH_PREFIX,
+    WorkerPool,
+    fetch_results,
+    jobs_wanted,
+    slots_held,
+    wait_for_news,
+)
 from arihpc.jobs.failures import retry_policy
 from arihpc.jobs.payloads import FETCH_STAGE, MousTask
 from arihpc.jobs.runner import Outcome, retry_task, run_in_worker
@@ -106,9 +113,11 @@ class Orchestrator:
         self.store.log_event("site-start", site=self.profile.name, owner=self.owner,
                              scheduler=self.cluster.cluster.scheduler_address,
                              dashboard=self.cluster.cluster.dashboard_link)
+        self.pool.watch()
         try:
             return self._run(stop)
         finally:
+            self.pool.unwatch()
             self.store.log_event("site-stop", site=self.profile.name, owner=self.owner)
 
     def _run(self, stop: threading.Event) -> Tally:
@@ -137,7 +146,7 @@ class Orchestrator:
                     break
                 stop.wait(min(max(0.0, retry_at - time.time()), 5.0))   # a retry backs off
                 continue
-            self.cluster.keep_jobs(self._jobs_wanted(), self.pool.busy())
+            self.cluster.keep_jobs(self._jobs_wanted(), self.pool.busy(), self.pool.names())
             self.pool.retire_idle_draining(slots_held(self.items))
             self._collect()
             self._repark_orphans()
@@ -270,10 +279,7 @@ class Orchestrator:
     # --- results ---
 
     def _collect(self) -> None:
-        try:
-            finished, _ = wait(list(self.futures), timeout=1, return_when="FIRST_COMPLETED")
-        except TimeoutError:            # dask's wait raises when nothing finished
-            finished = []
+        finished = wait_for_news(list(self.futures), self.pool.joined)
         # Fetch every result before any worker is retired: a result lost with its worker
         # would make dask run the MOUS again.
         results = fetch_results(self.client, finished)

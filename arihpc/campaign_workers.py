@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 import time
 
-from distributed import Client
+from distributed import Client, wait
 
 from arihpc.jobs.probe import probe
 from arihpc.sites.profile import SiteProfile
@@ -43,6 +44,22 @@ class WorkerPool:
         self.processing: dict[str, list] = {}
         self.holding: dict[str, list] = {}
         self.draining: set[str] = set()
+        self.joined = threading.Event()         # a worker joined since the last refresh
+
+    def watch(self) -> None:
+        """From now on, set ``joined`` the moment a worker joins: a fresh job's worker gets
+        its MOUS then, not up to a round later (the scheduler's "all" events)."""
+        self.client.subscribe_topic("all", self._event)
+
+    def unwatch(self) -> None:
+        """Stop listening before the client closes: the scheduler would send this client's
+        own remove-client event down a closing connection, and log that as CRITICAL."""
+        self.client.unsubscribe_topic("all")
+
+    def _event(self, event: tuple) -> None:
+        message = event[1]
+        if isinstance(message, dict) and message.get("action") == "add-worker":
+            self.joined.set()
 
     def refresh(self) -> None:
         self.info, self.processing, self.holding = self.client.sync(_scheduler_view,
@@ -65,6 +82,10 @@ class WorkerPool:
     def compute_load(self, address: str) -> int:
         return sum(1 for key in self.processing.get(address, ())
                    if not str(key).startswith(FETCH_PREFIX))
+
+    def names(self) -> set[str]:
+        """Names of the connected workers (each one's batch job, as the cluster names it)."""
+        return {info["name"] for info in self.info.values()}
 
     def busy(self) -> set[str]:
         """Names of workers running a task or holding a result: never the ones to let go."""
@@ -144,6 +165,29 @@ def jobs_wanted(items: list, profile: SiteProfile, draining: dict[str, int]) -> 
         if name in wanted:
             wanted[name] += count
     return wanted
+
+
+def wait_for_news(futures: list, joined: threading.Event, tick_s: float = 1.0,
+                  step_s: float = 0.1) -> list:
+    """The futures that finished, once one has, or a worker joined, or ``tick_s`` passed.
+    dask's ``wait`` cannot also wait for a worker, and returns at once given no futures (the
+    orchestrator would spin, asking the scheduler and the batch system each time): in steps."""
+    deadline = time.monotonic() + tick_s
+    finished: list = []
+    while not finished and not joined.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        if not futures:
+            joined.wait(left)
+            continue
+        try:
+            finished = list(wait(futures, timeout=min(step_s, left),
+                                 return_when="FIRST_COMPLETED").done)
+        except TimeoutError:            # dask's wait raises when nothing finished
+            pass
+    joined.clear()                      # the refresh that follows sees the new worker
+    return finished
 
 
 def fetch_results(client: Client, finished: list) -> dict:

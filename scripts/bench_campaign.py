@@ -29,7 +29,10 @@ MOUS the makespan is set by when the largest starts; arihpc is told the same wit
   all other traced CPU (runs cut, runs repeated from scratch, MOUS never completed);
 - makespan: from the strategy's first job submission to its last stage run ending (the last MOUS
   done, or the last run of one given up; if a MOUS never ran, when the strategy ended);
-- lower bound: max(total work / CPUs of the partition, longest MOUS).
+- lower bound: max(total work / CPUs of the partition, longest MOUS);
+- where the allocation went: each job's core-s split into start (to its first stage run),
+  stages, between them, tail (after its last), and jobs that ran no stage (the trace names
+  each run's job).
 
 Goals (arihpc): makespan <= 0.6 of the study's, lost <= 10 % of the study's, useful/allocated
 >= 0.9, makespan <= 1.2 x the lower bound (a makespan goal needs every MOUS done). It prints
@@ -119,6 +122,11 @@ def run_strategy(name: str, workload: Workload, root: Path, args, cores: int) ->
           f"{result['killed']} killed, running {result['busy']:.0f} s "
           f"({result['busy'] / max(1e-9, result['allocated']):.0%} of the allocated core-s) "
           f"with {result['cpu_share']:.0%} of a CPU (the rest went to other load)", flush=True)
+    split = result["split"]
+    print(f"{name}: allocated core-s by part of a job: " + ", ".join(
+        f"{part} {seconds:.0f}" for part, seconds in split.items()) + " (start: job start to "
+          "its first stage; between: gaps between stages; tail: last stage to job end; "
+          "empty: jobs that ran no stage)", flush=True)
     return result
 
 

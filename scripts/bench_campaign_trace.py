@@ -55,6 +55,32 @@ def useful_cpu(runs: list[dict], completed: set[str]) -> float:
     return sum(run["cpu_s"] for run in last.values())
 
 
+def job_split(jobs: list, runs: list[dict]) -> dict[str, float]:
+    """Where each job's allocated core-s went, summed over the jobs: ``start`` from the job's
+    start to its first stage run, ``stages`` running stages, ``between`` between them,
+    ``tail`` from its last stage run to the job's end, ``empty`` jobs that ran no stage.
+    Runs name their job (the emulator's trace); the jobcomp log's times are whole seconds."""
+    by_job: dict[str, list[dict]] = {}
+    for run in runs:
+        by_job.setdefault(str(run.get("job", "")), []).append(run)
+    split = dict.fromkeys(("start", "stages", "between", "tail", "empty"), 0.0)
+    for job in jobs:
+        if job.start is None or job.end is None:
+            continue
+        mine = by_job.get(job.job_id, [])
+        if not mine:
+            split["empty"] += job.core_s
+            continue
+        first = min(run["time"] - run.get("wall_s", 0) for run in mine)
+        last = max(run["time"] for run in mine)
+        stages = sum(run.get("wall_s", 0) for run in mine)
+        split["start"] += max(0.0, first - job.start) * job.cpus
+        split["tail"] += max(0.0, job.end - last) * job.cpus
+        split["stages"] += stages
+        split["between"] += max(0.0, (last - first) * job.cpus - stages)
+    return split
+
+
 def figures(trace: Path, jobcomp: Path, offset: int, job_prefix: str, mous: list[str],
             completed: set[str], started: float, ended: float) -> dict:
     """One strategy's row: makespan, MOUS completed, allocated, useful and lost core-s.
@@ -80,4 +106,4 @@ def figures(trace: Path, jobcomp: Path, offset: int, job_prefix: str, mous: list
             "lost": traced - useful, "runs": len(runs),
             "killed": sum(1 for run in runs if run["outcome"] == "killed"),
             # seconds the stages ran, and the CPU they got per second: 1 on a quiet machine
-            "busy": busy, "cpu_share": traced / max(1e-9, busy)}
+            "busy": busy, "cpu_share": traced / max(1e-9, busy), "split": job_split(jobs, runs)}

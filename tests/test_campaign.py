@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,9 +17,11 @@ from distributed import Client
 from helpers import run
 
 from arihpc.campaign import Orchestrator
+from arihpc.campaign_workers import wait_for_news
 from arihpc.jobs.workdir import read_checkpoint
 from arihpc.mous import disk_name
 from arihpc.sites.cluster import SiteCluster
+from arihpc.sites.command import run_command
 from arihpc.sites.profile import load_profile
 from arihpc.store import attempts, stages
 from arihpc.store_campaign import CampaignStore
@@ -143,11 +146,18 @@ def test_kill_9_of_the_orchestrator_loses_nothing_and_runs_no_stage_twice(tmp_pa
     first.wait()
     if site == "local":
         time.sleep(6)       # its worker notices and takes its stage down with it
+    else:   # its workers end with their scheduler; a job still queued would wait for nothing
+        queued = run_command(["sbatch", "--parsable", "--hold", "-J", "arihpc-ci-slurm-small",
+                              "--wrap", "sleep 600"], timeout=30).stdout.strip()
     second = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "recovered" in second.stdout
+    assert "CRITICAL" not in second.stderr, second.stderr[-2000:]      # a clean shutdown
     if site == "ci-slurm":
-        assert "cancelled" in second.stderr and "earlier run of ci-slurm" in second.stderr
+        cancelled = re.search(r"earlier run of ci-slurm: (.*)", second.stderr)
+        assert cancelled and queued in cancelled.group(1).split(), second.stderr[-2000:]
+        assert run_command(["squeue", "-h", "-j", queued, "--states=all", "-o", "%T"],
+                           timeout=30).stdout.strip() == "CANCELLED"
     assert store.status()["states"] == {"done": 5}
     with store.engine.connect() as conn:
         rows = conn.execute(sa.select(stages.c.uid, stages.c.stage, stages.c.started_at)).all()
@@ -241,3 +251,16 @@ def test_the_campaign_config_file_reaches_run_mous_in_batch_jobs(tmp_path):
     (attempt,) = attempts_of(CampaignStore.open(url))
     assert attempt[1:3] == ("failed", "exceeds-walltime"), attempt
     assert "needs ~1001 s in one job; a job of ci-slurm has 540 s" in attempt[3]
+
+
+def test_with_nothing_running_the_loop_waits_a_round_or_until_a_worker_joins():
+    """dask's wait returns at once on no futures: the orchestrator would spin, asking the
+    scheduler and the store each time, while its first jobs start."""
+    joined = threading.Event()
+    started = time.monotonic()
+    assert wait_for_news([], joined, tick_s=0.5) == []
+    assert time.monotonic() - started >= 0.45
+    threading.Timer(0.1, joined.set).start()
+    started = time.monotonic()
+    assert wait_for_news([], joined, tick_s=5) == []
+    assert time.monotonic() - started < 2 and not joined.is_set()     # woken, and reset

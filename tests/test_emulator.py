@@ -61,3 +61,15 @@ def test_the_trace_option_reaches_every_stage_and_is_absent_without_it(tmp_path)
         assert stage.argv[stage.argv.index("--trace") + 1] == str(tmp_path / "t.jsonl")
     plain = MousTask("uid://A001/X1/X2", tmp_path, "emulator", 1.0)
     assert all("--trace" not in stage.argv for stage in emulator_plan(plain))
+
+
+def test_each_line_names_the_batch_job_the_stage_ran_in(tmp_path, monkeypatch):
+    workdir, trace = tmp_path / "uid___A001_X1_X4", tmp_path / "trace.jsonl"
+    for variable, value in (("ARIHPC_BATCH_JOB", "4711"), ("SLURM_JOB_ID", "99")):
+        monkeypatch.setenv(variable, value)
+    assert main(["--stage", "fetch", "--workdir", str(workdir), "--size-gb", "0.1",
+                 "--trace", str(trace)]) == 0
+    monkeypatch.delenv("ARIHPC_BATCH_JOB")          # the study's and dask's jobs: SLURM's id
+    assert main(["--stage", "image", "--workdir", str(workdir), "--size-gb", "0.1",
+                 "--trace", str(trace)]) == 0
+    assert [g["job"] for g in lines(trace)] == ["4711", "99"]

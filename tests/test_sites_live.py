@@ -5,8 +5,10 @@ import json
 import os
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import psutil
 import pytest
 from click.testing import CliRunner
 from distributed import Client, wait
@@ -179,3 +181,40 @@ def test_local_site_workers_advertise_resources_and_a_deadline():
     leaves = profile.walltime_s - profile.drain_margin_s
     assert before - 1 <= report["deadline"] - leaves <= time.time() + 1
     assert done["node_class"] == "local"
+
+
+@pytest.mark.slurm
+def test_the_queue_is_read_when_a_worker_left_and_else_every_queue_poll(monkeypatch):
+    import arihpc.sites.cluster as cluster_module
+
+    reads = []
+    real = cluster_module.read_queue
+    monkeypatch.setattr(cluster_module, "read_queue", lambda p: reads.append(p.name) or real(p))
+    profile = load_profile("ci-slurm")
+    assert profile.queue_poll_s == 30               # the default of arihpc.yaml
+    with SiteCluster.start(profile) as cluster:
+        for connected in (set(), {"ci-slurm-small-1"}, {"ci-slurm-small-1"}):
+            cluster.keep_jobs({}, connected=connected)
+        assert len(reads) == 1                      # the first round only: nothing changed
+        cluster.keep_jobs({}, connected=set())      # its worker left: read at once
+        cluster.keep_jobs({}, connected=set())      # its job is not ours to wait for
+        assert len(reads) == 2
+        monkeypatch.setattr(cluster, "profile", replace(profile, queue_poll_s=0))
+        cluster.keep_jobs({}, connected=set())      # queue-poll passed: read again
+        assert len(reads) == 3
+
+
+@pytest.mark.slurm
+def test_a_worker_ends_when_its_jobs_shell_is_gone():
+    """Without a nanny, nothing else would end it: it is a child of init, out of the job's
+    process tracking (proctrack/linuxproc), and a worker signalled while closing can hang."""
+    profile = load_profile("ci-slurm")
+    with SiteCluster.start(profile) as cluster:
+        cluster.add_jobs(1)
+        with Client(cluster.cluster) as client:
+            client.wait_for_workers(1, timeout=120)
+            (pid,) = client.run(os.getpid).values()
+            shell = psutil.Process(pid).parent()
+            shell.kill()
+            gone, _ = psutil.wait_procs([psutil.Process(pid)], timeout=10)
+            assert gone, "the worker outlived its job's shell"

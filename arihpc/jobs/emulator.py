@@ -95,7 +95,10 @@ class Trace:
 
     def _write(self, outcome: str) -> None:
         now = time.time()
+        # the batch job it ran in: benchmarks split each job's time into start-up, stages, tail
+        job = os.environ.get("ARIHPC_BATCH_JOB") or os.environ.get("SLURM_JOB_ID", "")
         line = json.dumps({"mous": self.mous, "stage": self.stage, "outcome": outcome,
+                           "job": job,
                            "cpu_s": round(time.process_time(), 3), "time": round(now, 3),
                            "wall_s": round(now - self.started, 3)})
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

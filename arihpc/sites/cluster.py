@@ -9,6 +9,7 @@ Each batch job runs one worker process that advertises ``slots`` (MOUS at once) 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shlex
@@ -100,10 +101,18 @@ def job_options(profile: SiteProfile, node_class: NodeClass) -> dict:
         "job_extra_directives": [*batch_module(profile).log_directives(log_folder(profile)),
                                  *profile.job_extra],
         "local_directory": profile.storage.scratch,
+        # No nanny: every stage runs in its own guarded process group under the runner's
+        # memory guard, and a worker that dies should end its job (the orchestrator sends
+        # its MOUS elsewhere), not restart. The nanny would cost each job a second Python
+        # start (~1.5 s) and a 2 s wait when it leaves. What it did that we need, end the
+        # worker with its job, arihpc/jobs/worker_watch.py does.
+        "nanny": False,
         "worker_extra_args": [
             "--resources", resources,
             # A worker leaves before the walltime cut; a fresh job continues its MOUS.
             "--lifetime", f"{deadline_s(profile)}s",
+            # Without a nanny, the worker ends itself when the job's shell is gone.
+            "--preload", "arihpc.jobs.worker_watch",
         ],
         **batch_module(profile).resource_options(node_class),
     }
@@ -165,6 +174,9 @@ class SiteCluster:
         self.profile = profile
         self.cluster = cluster
         self._serial = 0
+        self._queue_read_at = -math.inf         # time.monotonic() of the last queue read
+        self._connected: set[str] = set()       # job names whose worker was connected
+        self._leaving: set[str] = set()         # ... and left: their job is ending
 
     @classmethod
     def start(cls, profile: SiteProfile, dashboard_address: str = ":0") -> "SiteCluster":
@@ -198,11 +210,13 @@ class SiteCluster:
                 from None
         return count
 
-    def keep_jobs(self, wanted: dict[str, int], busy: set[str] = frozenset()) -> None:
+    def keep_jobs(self, wanted: dict[str, int], busy: set[str] = frozenset(),
+                  connected: set[str] | None = None) -> None:
         """Top up each node class to ``wanted`` live jobs (never past max-jobs), after
         forgetting the jobs that ended (walltime, --lifetime, retired workers). ``busy``:
-        names of workers running a task, which are never the ones to make way."""
-        self._forget_ended()
+        names of workers running a task, which are never the ones to make way;
+        ``connected``: names of the workers connected now (one that left ends its job)."""
+        self._forget_ended(connected)
         live = {c.name: [s for s in self.cluster.worker_spec
                          if s.startswith(f"{self.profile.name}-{c.name}-")]
                 for c in self.profile.node_classes}
@@ -230,19 +244,35 @@ class SiteCluster:
             run_command([self.cluster.job_cls.cancel_command, *orphans], timeout=60, check=False)
         return orphans
 
-    def _forget_ended(self) -> None:
+    def _forget_ended(self, connected: set[str] | None) -> None:
         if self.profile.batch_system == "local":
             ended = [n for n, w in self.cluster.workers.items()
                      if w.status in (Status.closed, Status.failed)]
-        else:
+        elif self._queue_due(connected):
             alive = {job.job_id for job in read_queue(self.profile)
                      if job.state in (JobState.PENDING, JobState.RUNNING)}
             ended = [n for n, job in self.cluster.workers.items()
                      if getattr(job, "job_id", None) and job.job_id not in alive]
+        else:
+            ended = []
         for name in ended:
             self.cluster.worker_spec.pop(name, None)
             job = self.cluster.workers.pop(name)
             job.status = Status.closed          # gone already: nothing to cancel
+        self._leaving &= set(self.cluster.workers)      # until its job is out of the queue
+
+    def _queue_due(self, connected: set[str] | None) -> bool:
+        """Read the batch queue now? Once a worker left (its job ends within seconds, and a
+        fresh job should follow at once), else every queue-poll: asking squeue or qstat each
+        round would load the site's batch server for nothing."""
+        if connected is not None:
+            self._leaving |= self._connected - connected
+            self._connected = set(connected)
+        now = time.monotonic()
+        if not self._leaving and now - self._queue_read_at < self.profile.queue_poll_s:
+            return False
+        self._queue_read_at = now
+        return True
 
     def _withdraw(self, names: list[str]) -> None:
         """Cancel every job of a failed submission: nothing stays half-submitted."""

@@ -68,6 +68,7 @@ class SiteProfile:
     walltime_s: int
     drain_margin_s: int
     max_jobs: int
+    queue_poll_s: int
     x11: bool
     screen: str
     python: str | None
@@ -274,6 +275,7 @@ def _build(reader: _Reader, name: str, fields: dict) -> SiteProfile:
         queue=fields["queue"], account=fields["account"],
         walltime=_hms(walltime_s), walltime_s=walltime_s, drain_margin_s=drain_s,
         max_jobs=_number(reader, "max-jobs", fields["max-jobs"], 1, integer=True),
+        queue_poll_s=_walltime_seconds(reader, "queue-poll", fields["queue-poll"]),
         x11=_flag(reader, "x11", fields["x11"]), screen=str(fields["screen"]),
         python=fields["python"],
         prologue=_text_list(reader, "prologue", fields["prologue"]),
