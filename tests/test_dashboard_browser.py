@@ -130,19 +130,23 @@ def test_site_page_shows_the_store_the_batch_jobs_and_drawn_plots(tmp_path):
         assert live, "no running stage reached the dashboard: " + (
             campaign_run.stderr.read()[-3000:] if campaign_run.poll() is not None else "")
         with chromium() as driver:
-            for _ in range(10):         # the campaign moves on: compare at a quiet moment
+            # The campaign moves on: compare at a quiet moment, with a stage running (a MOUS
+            # just sent to a worker, or between two stages, shows none for a moment).
+            for _ in range(20):
                 before, jobs_before = store_counts(store), squeue_ids()
                 driver.get(f"{address}site/ci-slurm")
                 shown = {row[0]: int(row[1]) for row in table(driver, "progress")}
                 jobs = sorted(row[0] for row in table(driver, "jobs"))
-                if before == store_counts(store) and jobs_before == squeue_ids() and jobs:
+                running = table(driver, "running")
+                staged = any(row[2] in ("fetch", "restore", "image", "export")
+                             and row[6].endswith("GB") for row in running)
+                if before == store_counts(store) and jobs_before == squeue_ids() and jobs \
+                        and staged:
                     break
                 time.sleep(0.5)
             assert {k: shown.get(k) for k in before} == before
             assert jobs == jobs_before and jobs
-            running = table(driver, "running")
-            assert running and any(row[2] in ("fetch", "restore", "image", "export")
-                                   and row[6].endswith("GB") for row in running)
+            assert running and staged, running
             counts = rendered(driver, 6)            # workers + the site's five
             assert len(counts) == 6 and all(counts), counts
             share = not_blank(driver.get_screenshot_as_png())
