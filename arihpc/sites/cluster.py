@@ -211,7 +211,7 @@ class SiteCluster:
         return count
 
     def keep_jobs(self, wanted: dict[str, int], busy: set[str] = frozenset(),
-                  connected: set[str] | None = None) -> None:
+                  connected: set[str] = frozenset()) -> None:
         """Top up each node class to ``wanted`` live jobs (never past max-jobs), after
         forgetting the jobs that ended (walltime, --lifetime, retired workers). ``busy``:
         names of workers running a task, which are never the ones to make way;
@@ -244,7 +244,7 @@ class SiteCluster:
             run_command([self.cluster.job_cls.cancel_command, *orphans], timeout=60, check=False)
         return orphans
 
-    def _forget_ended(self, connected: set[str] | None) -> None:
+    def _forget_ended(self, connected: set[str]) -> None:
         if self.profile.batch_system == "local":
             ended = [n for n, w in self.cluster.workers.items()
                      if w.status in (Status.closed, Status.failed)]
@@ -261,13 +261,12 @@ class SiteCluster:
             job.status = Status.closed          # gone already: nothing to cancel
         self._leaving &= set(self.cluster.workers)      # until its job is out of the queue
 
-    def _queue_due(self, connected: set[str] | None) -> bool:
+    def _queue_due(self, connected: set[str]) -> bool:
         """Read the batch queue now? Once a worker left (its job ends within seconds, and a
         fresh job should follow at once), else every queue-poll: asking squeue or qstat each
         round would load the site's batch server for nothing."""
-        if connected is not None:
-            self._leaving |= self._connected - connected
-            self._connected = set(connected)
+        self._leaving |= self._connected - connected
+        self._connected = set(connected)
         now = time.monotonic()
         if not self._leaving and now - self._queue_read_at < self.profile.queue_poll_s:
             return False
