@@ -17,69 +17,35 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 from distributed import Client
 
 from arihpc import config, planning
+from arihpc.campaign_outcomes import Item, OutcomeRecorder, Tally
 from arihpc.campaign_workers import (
     FETCH_PREFIX,
+    News,
     WorkerPool,
     fetch_results,
     jobs_wanted,
     slots_held,
-    wait_for_news,
 )
-from arihpc.jobs.failures import retry_policy
 from arihpc.jobs.payloads import FETCH_STAGE, MousTask
-from arihpc.jobs.runner import Outcome, retry_task, run_in_worker
+from arihpc.jobs.runner import run_in_worker
 from arihpc.mous import disk_name
-from arihpc.sites.cluster import SiteCluster, deadline_s
+from arihpc.sites.cluster import SiteCluster
 from arihpc.sites.profile import SiteProfile
-from arihpc.store_campaign import CampaignStore, Claim
+from arihpc.store_campaign import CampaignStore, Claim, Finish
 
 log = logging.getLogger(__name__)
 GB = 1e9
 PACE_AFTER = 3          # MOUS done in this run before the ETA follows the pace seen
-REFIT_EVERY = 10        # MOUS done between two fits of the planning model
 
 
-@dataclass
-class Item:
-    """One claimed MOUS in this orchestrator's hands, in claim (priority) order.
-
-    phase: claimed, fetching (its fetch runs ahead on an I/O slot), staged (fetched, waiting
-    for a MOUS slot), computing, or parked (it yielded: waiting for a worker with ``needs_s``
-    left).
-    """
-
-    claim: Claim
-    task: MousTask
-    node_class: str
-    attempt: int | None                 # the store's open attempt (None while parked)
-    phase: str
-    needs_s: float = 0.0
-    worker: str | None = None           # the worker a parked MOUS was sent to
-
-
-@dataclass
-class Tally:
-    """What one ``arihpc run`` did, for its progress line and summary."""
-
-    done: int = 0
-    failed: int = 0
-    resumed: int = 0
-    retried: int = 0
-    recovered: int = 0
-    started: float = field(default_factory=time.time)
-    left: int | None = None             # MOUS of the campaign not yet done or failed
-    eta_s: float | None = None          # until they are, at this site's pace
-    eta_basis: str = "model"            # "model" (planning) or "pace" (seen in this run)
-
-
-class Orchestrator:
+class Orchestrator(OutcomeRecorder):
     def __init__(self, store: CampaignStore, profile: SiteProfile, cluster: SiteCluster,
                  client: Client, payload: str, options: dict, workroot: Path,
                  limit: int | None = None, progress: Callable[[Tally], None] | None = None):
@@ -92,8 +58,10 @@ class Orchestrator:
         self.futures: dict = {}             # future -> Item
         self.outbox: list = []              # submissions waiting for their store commit
         self.outcomes: list = []            # (item, result) fetched, not yet in the store
+        self.finishing: list[Finish] = []   # attempts ended, for the store's next write
         self.claimed = 0
         self.pool = WorkerPool(client)
+        self.news = News(client)
         self._estimated = 0.0
         self.settings: dict = {}            # the campaign config, read at run()
 
@@ -113,11 +81,11 @@ class Orchestrator:
         self.store.log_event("site-start", site=self.profile.name, owner=self.owner,
                              scheduler=self.cluster.cluster.scheduler_address,
                              dashboard=self.cluster.cluster.dashboard_link)
-        self.pool.watch()
+        self.news.watch()
         try:
             return self._run(stop)
         finally:
-            self.pool.unwatch()
+            self.news.unwatch()
             self.store.log_event("site-stop", site=self.profile.name, owner=self.owner)
 
     def _run(self, stop: threading.Event) -> Tally:
@@ -137,6 +105,7 @@ class Orchestrator:
                 self._claim()
                 self._start_compute()
                 self._fetch_ahead()
+                self._flush()
             self._submit()                      # dask runs only what the store knows of
             self._estimate()
             self.progress(self.tally)
@@ -180,35 +149,45 @@ class Orchestrator:
     # --- claiming and submitting ---
 
     def _claim(self) -> None:
-        """Claim MOUS for the free MOUS slots and I/O slots."""
+        """Claim MOUS for the free MOUS slots and I/O slots; their attempts start."""
         room = self.capacity + self.lookahead - len(self.items)
         if self.limit is not None:
             room = min(room, self.limit - self.claimed)
-        for claim in self.store.claim(self.profile.name, self.owner, room):
-            self.claimed += 1
-            self._take(claim, claim.attempts + 1, claim.memory_gb)
+        claims = self.store.claim(self.profile.name, self.owner, room)
+        self.claimed += len(claims)
+        sized = [self._sized(claim) for claim in claims]
+        numbers = self.store.start_attempts([(claim.uid, memory_gb)
+                                             for claim, _, memory_gb, _ in sized],
+                                            self.profile.name, "staging")
+        for (claim, size_gb, memory_gb, node_class), number in zip(sized, numbers):
+            self._take(claim, number, size_gb, memory_gb, node_class)
 
     def _staged_gb(self) -> float:
         return sum(item.task.size_gb or 0 for item in self.items
                    if item.phase in ("fetching", "staged"))
 
-    def _take(self, claim: Claim, attempt: int, memory_gb: float | None) -> None:
-        """Start an attempt: its fetch ahead on an I/O slot, or all of it when no staging."""
+    def _sized(self, claim: Claim) -> tuple:
+        """(claim, size in GB, memory in GB, node class or None) for a fresh attempt."""
         size_gb = claim.size_bytes / GB if claim.size_bytes else None
+        memory_gb = claim.memory_gb
         if memory_gb is None:
             memory_gb = planning.predict(size_gb, *self.models).memory_gb
-        node_class = planning.node_class_for(self.profile, memory_gb, size_gb)
-        number = self.store.start_attempt(claim.uid, self.profile.name, memory_gb, "staging")
+        return claim, size_gb, memory_gb, planning.node_class_for(self.profile, memory_gb,
+                                                                  size_gb)
+
+    def _take(self, claim: Claim, number: int, size_gb: float | None, memory_gb: float,
+              node_class) -> None:
+        """An attempt started: its fetch ahead on an I/O slot, or all of it when no staging."""
         if node_class is None:
-            self.store.finish_attempt(number, {
+            self._finish(number, {
                 "uid": claim.uid, "status": "failed", "error_class": "needs-bigger-node",
                 "message": f"no node class of {self.profile.name} has {memory_gb:g} GB"},
                 "failed")
             self.tally.failed += 1
             return
         task = MousTask(claim.uid, self.workroot / disk_name(claim.uid), self.payload,
-                        size_gb, memory_gb, attempt, self.options, settings=self.settings,
-                        project=claim.project)
+                        size_gb, memory_gb, claim.attempts + 1, self.options,
+                        settings=self.settings, project=claim.project)
         self.items.append(Item(claim, task, node_class.name, number, "claimed"))
 
     def _fetch_ahead(self) -> None:
@@ -231,16 +210,24 @@ class Orchestrator:
         item.worker = worker
 
     def _submit(self) -> None:
+        """One ``client.map`` per worker and resources: one message to the scheduler for
+        the round's MOUS, not one each. In claim order, at the priority of the first: those
+        sent to a worker have a free slot there and start at once, and dask runs the rest
+        (fetches ahead) in the order given, after those of earlier rounds."""
+        groups: dict[tuple, list] = {}
         for item, task, key, resources, worker in self.outbox:
-            future = self.client.submit(run_in_worker, task, key=key, pure=False,
-                                        priority=-item.claim.priority, resources=resources,
-                                        workers=[worker] if worker else None)
-            self.futures[future] = item
+            groups.setdefault((worker, tuple(sorted(resources.items()))), []).append(
+                (item, task, key))
+        for (worker, resources), sent in groups.items():
+            futures = self.client.map(run_in_worker, [task for _, task, _ in sent],
+                                      key=[key for _, _, key in sent], pure=False,
+                                      priority=-sent[0][0].claim.priority,
+                                      resources=dict(resources),
+                                      workers=[worker] if worker else None)
+            self.futures.update(zip(futures, [item for item, _, _ in sent]))
         self.outbox.clear()
 
     def _compute(self, item: Item, worker: str) -> None:
-        if item.phase != "parked":
-            self.store.computing(item.claim.uid)
         item.phase = "computing"
         self._send(item, item.task, f"{disk_name(item.claim.uid)}-a{item.attempt}",
                    {"slots": 1, "memory_gb": item.task.memory_gb}, worker)
@@ -251,15 +238,20 @@ class Orchestrator:
         them on the first worker up). Within a node class a MOUS never starts computing
         before one claimed earlier."""
         held = slots_held(self.items)
+        resuming = []
         for item in [i for i in self.items if i.phase == "parked"]:
             worker = self.pool.pick(item.node_class, item.needs_s, held)
             if worker is None:
                 self.pool.drain_short(item.needs_s, held)
                 continue
             held[worker] = held.get(worker, 0) + 1
-            item.attempt = self.store.start_attempt(item.claim.uid, self.profile.name,
-                                                    item.task.memory_gb)
+            resuming.append((item, worker))
+        numbers = self.store.start_attempts([(item.claim.uid, item.task.memory_gb)
+                                             for item, _ in resuming], self.profile.name)
+        for (item, worker), number in zip(resuming, numbers):
+            item.attempt = number
             self._compute(item, worker)
+        starting: list[str] = []
         waiting: set[str] = set()           # classes with a MOUS that found no worker
         for item in self.items:
             if item.phase == "fetching":
@@ -271,7 +263,9 @@ class Orchestrator:
                 waiting.add(item.node_class)
                 continue
             held[worker] = held.get(worker, 0) + 1
+            starting.append(item.claim.uid)
             self._compute(item, worker)
+        self.store.computing(starting)
 
     def _jobs_wanted(self) -> dict[str, int]:
         return jobs_wanted(self.items, self.profile, self.pool.draining_per_class())
@@ -279,116 +273,22 @@ class Orchestrator:
     # --- results ---
 
     def _collect(self) -> None:
-        finished = wait_for_news(list(self.futures), self.pool.joined)
-        # Fetch every result before any worker is retired: a result lost with its worker
-        # would make dask run the MOUS again.
-        results = fetch_results(self.client, finished)
+        finished = self.news.wait(list(self.futures))
+        announced = {future: self.news.take(future.key) for future in finished}
+        # Fetch every other result before any worker is retired: a result lost with its
+        # worker would make dask run the MOUS again.
+        results = fetch_results(self.client, [f for f in finished if announced[f] is None])
         for future in finished:
-            item, result = self.futures.pop(future), results[future]
+            item = self.futures.pop(future)
+            result = announced[future] or results[future]
             if isinstance(result, Exception):   # its worker died (walltime, node failure)
                 result = {"uid": item.claim.uid, "status": "interrupted",
                           "error_class": "walltime",
                           "message": f"worker lost: {type(result).__name__}: {result}"}
             self.outcomes.append((item, result))
             future.release()
-
-    def _record_outcomes(self) -> None:
-        """The store learns what the results fetched by ``_collect`` say."""
-        for item, result in self.outcomes:
-            if item.phase == "fetching":
-                self._staged(item, result)
-            else:
-                self._settle(item, result)
-        self.outcomes.clear()
-
-    def _staged(self, item: Item, result: dict) -> None:
-        """A fetch ahead ended. Done or not, compute continues from the last checkpoint
-        (a fetch cut short resumes its partial files); only a failure counts."""
-        if result["status"] == "failed":
-            self._settle(item, result)
-            return
-        self.store.record_stages(item.attempt, item.claim.uid, result.get("records") or {})
-        item.phase = "staged"
-
-    def _settle(self, item: Item, result: dict) -> None:
-        outcome = Outcome(**{k: v for k, v in result.items() if k in Outcome.__annotations__})
-        if outcome.status == "done":
-            self.store.finish_attempt(item.attempt, result, "done")
-            self.tally.done += 1
-            self.items.remove(item)
-            if self.tally.done % REFIT_EVERY == 0:
-                self.models = self._models()
-        elif outcome.status in ("yielded", "interrupted") and \
-                (outcome.needs_s or 0) > deadline_s(self.profile):
-            self.items.remove(item)
-            self._exceeds_walltime(item, outcome, result)
-        elif outcome.status in ("yielded", "interrupted"):
-            self.store.finish_attempt(item.attempt, result, "queued", item.task.memory_gb)
-            self.tally.resumed += 1
-            item.attempt, item.phase = None, "parked"
-            item.needs_s = outcome.needs_s or 0.0
-            item.task = replace(item.task, attempt=item.task.attempt + 1)
-        else:
-            self.items.remove(item)
-            self._failed(item, outcome, result)
-
-    def _repark_orphans(self) -> None:
-        """A MOUS sent to one worker that left before running it would wait forever."""
-        for future, item in list(self.futures.items()):
-            if item.worker and not self.pool.alive(item.worker) and not future.done():
-                future.cancel()
-                del self.futures[future]
-                self._settle(item, {"uid": item.claim.uid, "status": "interrupted",
-                                    "error_class": "walltime",
-                                    "message": f"worker {item.worker} left"})
-
-    def _exceeds_walltime(self, item: Item, outcome: Outcome, result: dict) -> None:
-        """A stage predicted to need more than a whole job of this site: no job would ever
-        start it, and draining and replacing jobs for it would go on for ever."""
-        usable = deadline_s(self.profile)
-        self.store.finish_attempt(item.attempt, {
-            **result, "status": "failed", "error_class": "exceeds-walltime",
-            "message": f"{outcome.stage} needs ~{outcome.needs_s:.0f} s in one job; a job of "
-                       f"{self.profile.name} has {usable} s (walltime {self.profile.walltime} "
-                       f"less drain-margin): raise walltime, or lower runner.walltime-margin-s"
-                       f" or the stage's prediction"}, "failed")
-        self.tally.failed += 1
-
-    def _failed(self, item: Item, outcome: Outcome, result: dict) -> None:
-        earlier = self.store.failures_of_class(item.claim.uid, outcome.error_class or "unknown")
-        retry = retry_task(item.task, outcome, earlier)
-        if retry is None:
-            self.store.finish_attempt(item.attempt, result, "failed")
-            self.tally.failed += 1
-            return
-        if retry.memory_gb and planning.node_class_for(
-                self.profile, retry.memory_gb, retry.size_gb) is None:
-            result = {**result, "error_class": "needs-bigger-node", "message":
-                      f"{outcome.error_class}: a retry needs {retry.memory_gb:g} GB, more than "
-                      f"any node class of {self.profile.name}"}
-            self.store.finish_attempt(item.attempt, result, "failed")
-            self.tally.failed += 1
-            return
-        backoff = float(retry_policy(outcome.error_class or "unknown").get("backoff-s", 0))
-        self.store.finish_attempt(item.attempt, result, "waiting", retry.memory_gb,
-                                  not_before=time.time() + backoff * 2 ** earlier)
-        self.tally.retried += 1
-
-    def _abandon(self) -> None:
-        """Ctrl-C/SIGTERM: no new work; running attempts are recorded and given back."""
-        for future in self.futures:
-            future.cancel()
-        for item in self.items:
-            if item.attempt is not None:
-                self.store.finish_attempt(item.attempt, {
-                    "uid": item.claim.uid, "status": "interrupted", "error_class": "walltime",
-                    "message": "arihpc run stopped"}, "new", item.task.memory_gb)
-        parked = [item.claim.uid for item in self.items if item.attempt is None]
-        if parked:
-            self.store.set_state(parked, "new", ("queued",))
-        self.items.clear()
-        self.futures.clear()
-
+        if finished:
+            self.news.forget({future.key for future in self.futures})
 
 def campaign_options(profile: SiteProfile, extra: dict | None = None) -> dict:
     """Payload options from the site profile (archive, CASA installations), plus ``extra``."""

@@ -9,28 +9,33 @@ a fresh job takes its place.
 
 from __future__ import annotations
 
-import asyncio
+import json
 import logging
 import math
 import threading
 import time
 
-from distributed import Client, wait
+from distributed import Client
 
 from arihpc.jobs.probe import probe
+from arihpc.jobs.runner import OUTCOME_TOPIC
 from arihpc.sites.profile import SiteProfile
 
 log = logging.getLogger(__name__)
 FETCH_PREFIX = "fetch-"         # keys of fetch-ahead tasks (I/O slots, not MOUS slots)
+STEP_S = 0.25                   # how often a wait looks for tasks that ended unannounced
 
 
-async def _scheduler_view(client: Client) -> tuple[dict, dict, dict]:
-    """The scheduler's workers, what each one processes and what it holds: the three
-    requests of scheduler_info, processing and has_what at once, one round trip in all."""
-    identity, processing, holding = await asyncio.gather(
-        client.scheduler.identity(n_workers=-1), client.scheduler.processing(workers=None),
-        client.scheduler.has_what(workers=None))
-    return identity["workers"], processing, holding
+def _pool_view(dask_scheduler) -> dict[str, dict]:
+    """Run on the scheduler: each worker's name and MOUS slots, and how many compute tasks,
+    fetch tasks and results it has; one small reply, not the scheduler's whole view."""
+    view = {}
+    for address, state in dask_scheduler.workers.items():
+        fetching = sum(1 for task in state.processing if str(task.key).startswith(FETCH_PREFIX))
+        view[address] = {"name": state.name, "slots": state.resources.get("slots", 1),
+                         "computing": len(state.processing) - fetching, "fetching": fetching,
+                         "holding": len(state.has_what)}
+    return view
 
 
 class WorkerPool:
@@ -38,33 +43,14 @@ class WorkerPool:
 
     def __init__(self, client: Client):
         self.client = client
-        self.info: dict[str, dict] = {}         # address -> scheduler's worker info
+        self.view: dict[str, dict] = {}         # address -> _pool_view's entry
         self.deadlines: dict[str, float] = {}
         self.classes: dict[str, str] = {}
-        self.processing: dict[str, list] = {}
-        self.holding: dict[str, list] = {}
         self.draining: set[str] = set()
-        self.joined = threading.Event()         # a worker joined since the last refresh
-
-    def watch(self) -> None:
-        """From now on, set ``joined`` the moment a worker joins: a fresh job's worker gets
-        its MOUS then, not up to a round later (the scheduler's "all" events)."""
-        self.client.subscribe_topic("all", self._event)
-
-    def unwatch(self) -> None:
-        """Stop listening before the client closes: the scheduler would send this client's
-        own remove-client event down a closing connection, and log that as CRITICAL."""
-        self.client.unsubscribe_topic("all")
-
-    def _event(self, event: tuple) -> None:
-        message = event[1]
-        if isinstance(message, dict) and message.get("action") == "add-worker":
-            self.joined.set()
 
     def refresh(self) -> None:
-        self.info, self.processing, self.holding = self.client.sync(_scheduler_view,
-                                                                    self.client)
-        new = [address for address in self.info if address not in self.deadlines]
+        self.view = self.client.run_on_scheduler(_pool_view)
+        new = [address for address in self.view if address not in self.deadlines]
         if new:
             for address, report in self.client.run(probe, workers=new,
                                                     on_error="return").items():
@@ -72,25 +58,24 @@ class WorkerPool:
                     self.deadlines[address] = float(report["deadline"] or math.inf)
                     self.classes[address] = report["node_class"]
         for known in (self.deadlines, self.classes):
-            for address in set(known) - set(self.info):
+            for address in set(known) - set(self.view):
                 del known[address]
-        self.draining &= set(self.info)
+        self.draining &= set(self.view)
 
     def alive(self, address: str) -> bool:
-        return address in self.info
-
-    def compute_load(self, address: str) -> int:
-        return sum(1 for key in self.processing.get(address, ())
-                   if not str(key).startswith(FETCH_PREFIX))
+        return address in self.view
 
     def names(self) -> set[str]:
         """Names of the connected workers (each one's batch job, as the cluster names it)."""
-        return {info["name"] for info in self.info.values()}
+        return {entry["name"] for entry in self.view.values()}
+
+    def _has_work(self, address: str) -> bool:
+        entry = self.view.get(address, {})
+        return bool(entry.get("computing") or entry.get("fetching") or entry.get("holding"))
 
     def busy(self) -> set[str]:
         """Names of workers running a task or holding a result: never the ones to let go."""
-        return {info["name"] for address, info in self.info.items()
-                if self.processing.get(address) or self.holding.get(address)}
+        return {entry["name"] for address, entry in self.view.items() if self._has_work(address)}
 
     def draining_per_class(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -102,26 +87,27 @@ class WorkerPool:
     def pick(self, node_class: str, needs_s: float, ours: dict[str, int]) -> str | None:
         """A worker of this class with a free MOUS slot and ``needs_s`` seconds left (the
         one with the most time left), or None. ``ours``: the slots our MOUS hold on each
-        worker, those sent this round included (the scheduler's view may not show them yet)."""
+        worker, those sent this round included. Only ours count: the scheduler's view still
+        shows a task whose outcome came and that this round released, and would hold its
+        slot for a round more (a task not ours that still runs, one cancelled when its worker
+        left, waits on the worker for its slot: the tasks' ``slots`` resource)."""
         now, best = time.time(), None
-        for address, info in self.info.items():
+        for address, entry in self.view.items():
             if self.classes.get(address) != node_class or address in self.draining:
                 continue
-            slots = info.get("resources", {}).get("slots", 1)
-            free = slots - max(self.compute_load(address), ours.get(address, 0))
+            free = entry["slots"] - ours.get(address, 0)
             left = self.deadlines.get(address, 0) - now
             if free > 0 and left >= needs_s and (best is None or left > best[0]):
                 best = (left, address)
         return best[1] if best else None
 
     def _idle(self, address: str, ours: dict[str, int]) -> bool:
-        return not (self.processing.get(address) or self.holding.get(address)
-                    or ours.get(address))
+        return not (self._has_work(address) or ours.get(address))
 
     def drain_short(self, needs_s: float, ours: dict[str, int]) -> None:
         """Idle workers with less than ``needs_s`` left can run nothing that waits: drain."""
         now = time.time()
-        for address in self.info:
+        for address in self.view:
             if self._idle(address, ours) and self.deadlines.get(address, math.inf) - now < needs_s:
                 self.draining.add(address)
 
@@ -167,33 +153,75 @@ def jobs_wanted(items: list, profile: SiteProfile, draining: dict[str, int]) -> 
     return wanted
 
 
-def wait_for_news(futures: list, joined: threading.Event, tick_s: float = 1.0,
-                  step_s: float = 0.1) -> list:
-    """The futures that finished, once one has, or a worker joined, or ``tick_s`` passed.
-    dask's ``wait`` cannot also wait for a worker, and returns at once given no futures (the
-    orchestrator would spin, asking the scheduler and the batch system each time): in steps."""
-    deadline = time.monotonic() + tick_s
-    finished: list = []
-    while not finished and not joined.is_set():
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        if not futures:
-            joined.wait(left)
-            continue
-        try:
-            finished = list(wait(futures, timeout=min(step_s, left),
-                                 return_when="FIRST_COMPLETED").done)
-        except TimeoutError:            # dask's wait raises when nothing finished
-            pass
-    joined.clear()                      # the refresh that follows sees the new worker
-    return finished
+class News:
+    """What the orchestrator waits for: the outcomes ``run_in_worker`` announces (the
+    scheduler forwards each one ahead of its task's completion, so reading it takes no round
+    trip to a worker) and workers joining (the scheduler's "all" events)."""
+
+    def __init__(self, client: Client):
+        self.client = client
+        self.announced: dict[str, dict] = {}    # task key -> its outcome
+        self.joined = threading.Event()         # a worker joined since the last wait
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+
+    def watch(self) -> None:
+        self.client.subscribe_topic("all", self._event)
+        self.client.subscribe_topic(OUTCOME_TOPIC, self._outcome)
+
+    def unwatch(self) -> None:
+        """Stop listening before the client closes: the scheduler would send this client's
+        own remove-client event down a closing connection, and log that as CRITICAL."""
+        self.client.unsubscribe_topic("all")
+        self.client.unsubscribe_topic(OUTCOME_TOPIC)
+
+    def _event(self, event: tuple) -> None:
+        message = event[1]
+        if isinstance(message, dict) and message.get("action") == "add-worker":
+            self.joined.set()
+            self._wake.set()
+
+    def _outcome(self, event: tuple) -> None:
+        message = json.loads(event[1])
+        with self._lock:
+            self.announced[message["key"]] = message["reply"]
+        self._wake.set()
+
+    def take(self, key: str) -> dict | None:
+        """The announced outcome of a task (once), or None."""
+        with self._lock:
+            return self.announced.pop(key, None)
+
+    def forget(self, keys: set[str]) -> None:
+        """Drop announcements of tasks no longer followed (cancelled, then ended anyway)."""
+        with self._lock:
+            for key in set(self.announced) - keys:
+                del self.announced[key]
+
+    def wait(self, futures: list, tick_s: float = 1.0) -> list:
+        """The futures that finished or announced their outcome, once one has, or a worker
+        joined, or ``tick_s`` passed. dask's ``wait`` cannot also wait for a worker, and
+        returns at once given no futures (the orchestrator would spin)."""
+        deadline = time.monotonic() + tick_s
+        while True:
+            self._wake.clear()          # what comes from now on wakes the wait below
+            with self._lock:
+                finished = [f for f in futures if f.key in self.announced or f.done()]
+            left = deadline - time.monotonic()
+            if finished or self.joined.is_set() or left <= 0:
+                break
+            # An end without an announcement (an error, a lost worker) shows at the next step.
+            self._wake.wait(min(left, STEP_S))
+        self.joined.clear()             # the refresh that follows sees the new worker
+        return finished
 
 
 def fetch_results(client: Client, finished: list) -> dict:
     """The result of each finished future, all in one round trip to the workers (what
     ``Future.result`` does for one, within 60 s), or the exception of a future whose worker
     died with its result (then it is cancelled: dask would run it again)."""
+    if not finished:
+        return {}
     ready = [future for future in finished if future.status == "finished"]
     try:        # Client.gather has no timeout; Future.result calls _gather like this
         results = dict(zip(ready, client.sync(client._gather, ready, callback_timeout=60)))

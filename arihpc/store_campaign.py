@@ -29,14 +29,15 @@ _CANDIDATES = (sa.select(mous.c.uid, mous.c.priority, mous.c.size_bytes, mous.c.
                          mous.c.project)
                .where(mous.c.selected.is_(True), _CLAIMABLE)
                .order_by(mous.c.priority, mous.c.uid).limit(sa.bindparam("b_limit")))
-_CLAIM = mous.update().where(mous.c.uid == sa.bindparam("b_uid"), _CLAIMABLE).values(
-    state="queued", site=sa.bindparam("b_site"), owner=sa.bindparam("b_owner"),
-    updated_at=sa.bindparam("b_now"))
+_CLAIM = (mous.update().where(mous.c.uid.in_(sa.bindparam("b_uids", expanding=True)), _CLAIMABLE)
+          .values(state="queued", site=sa.bindparam("b_site"), owner=sa.bindparam("b_owner"),
+                  updated_at=sa.bindparam("b_now"))
+          .returning(mous.c.uid))
 _ATTEMPTS = sa.select(attempts.c.uid, sa.func.count()).where(
     attempts.c.uid.in_(sa.bindparam("b_uids", expanding=True))).group_by(attempts.c.uid)
 _SET_STATE = mous.update().where(mous.c.uid == sa.bindparam("b_uid")).values(
     state=sa.bindparam("b_state"), updated_at=sa.bindparam("b_now"))
-_COMPUTING = mous.update().where(mous.c.uid == sa.bindparam("b_uid"),
+_COMPUTING = mous.update().where(mous.c.uid.in_(sa.bindparam("b_uids", expanding=True)),
                                  mous.c.state == "staging").values(
     state="running", updated_at=sa.bindparam("b_now"))
 _END_ATTEMPT = attempts.update().where(attempts.c.id == sa.bindparam("b_id")).values(
@@ -46,8 +47,21 @@ _END_ATTEMPT = attempts.update().where(attempts.c.id == sa.bindparam("b_id")).va
 _SETTLE = mous.update().where(mous.c.uid == sa.bindparam("b_uid")).values(
     {name: sa.bindparam(f"b_{name}") for name in ("state", "error_class", "next_stage",
                                                    "memory_gb", "not_before", "updated_at")})
-_STAGES_KNOWN = sa.select(stages.c.stage, stages.c.started_at).where(
-    stages.c.uid == sa.bindparam("b_uid"))
+_STAGES_KNOWN = sa.select(stages.c.uid, stages.c.stage, stages.c.started_at).where(
+    stages.c.uid.in_(sa.bindparam("b_uids", expanding=True)))
+_NEW_ATTEMPTS = attempts.insert().returning(attempts.c.id, sort_by_parameter_order=True)
+
+
+@dataclass(frozen=True)
+class Finish:
+    """An attempt's end: its outcome (``result``, as run_in_worker returns it), and the state
+    its MOUS moves to, with the memory and earliest time for the next attempt."""
+
+    attempt: int
+    result: dict
+    state: str
+    memory_gb: float | None = None
+    not_before: float | None = None
 
 
 @dataclass(frozen=True)
@@ -68,16 +82,17 @@ class CampaignStore(Store):
         if limit <= 0:
             return []
         now = time.time()
-        taken = []
         with self._begin() as conn:
             query = _CANDIDATES
             if conn.dialect.name == "postgresql":
                 query = query.with_for_update(skip_locked=True)
-            for row in conn.execute(query, {"b_now": now, "b_limit": limit}).all():
-                updated = conn.execute(_CLAIM, {"b_uid": row.uid, "b_now": now,
-                                                "b_site": site, "b_owner": owner})
-                if updated.rowcount == 1:   # nobody took it between our select and update
-                    taken.append(row)
+            rows = conn.execute(query, {"b_now": now, "b_limit": limit}).all()
+            # One conditional update for all: a row another orchestrator took between our
+            # select and this update is not claimable any more, and not returned.
+            won = set(conn.execute(_CLAIM, {"b_uids": [r.uid for r in rows], "b_now": now,
+                                            "b_site": site, "b_owner": owner}).scalars()) \
+                if rows else set()
+            taken = [row for row in rows if row.uid in won]
             if not taken:
                 return []
             earlier = dict(conn.execute(_ATTEMPTS, {"b_uids": [r.uid for r in taken]}).all())
@@ -91,52 +106,80 @@ class CampaignStore(Store):
                       state: str = "running") -> int:
         """Open an attempt; its MOUS is ``staging`` (its data being fetched ahead of compute)
         or ``running``."""
-        with self._begin() as conn:
-            attempt = conn.execute(attempts.insert(), {
-                "uid": uid, "site": site, "started_at": time.time(), "memory_gb": memory_gb}
-            ).inserted_primary_key[0]
-            conn.execute(_SET_STATE, {"b_uid": uid, "b_state": state, "b_now": time.time()})
-        return attempt
+        return self.start_attempts([(uid, memory_gb)], site, state)[0]
 
-    def computing(self, uid: str) -> None:
-        """A staging MOUS starts computing."""
+    def start_attempts(self, starts: list[tuple[str, float | None]], site: str,
+                       state: str = "running") -> list[int]:
+        """``start_attempt`` for each (uid, memory_gb), in two statements; the attempt
+        numbers in the same order."""
+        if not starts:
+            return []
+        now = time.time()
         with self._begin() as conn:
-            conn.execute(_COMPUTING, {"b_uid": uid, "b_now": time.time()})
+            numbers = list(conn.execute(_NEW_ATTEMPTS, [
+                {"uid": uid, "site": site, "started_at": now, "memory_gb": memory_gb}
+                for uid, memory_gb in starts]).scalars())
+            conn.execute(_SET_STATE, [{"b_uid": uid, "b_state": state, "b_now": now}
+                                      for uid, _ in starts])
+        return numbers
+
+    def computing(self, uids: list[str]) -> None:
+        """Staging MOUS start computing."""
+        if uids:
+            with self._begin() as conn:
+                conn.execute(_COMPUTING, {"b_uids": uids, "b_now": time.time()})
 
     def finish_attempt(self, attempt: int, result: dict, state: str,
                        memory_gb: float | None = None, not_before: float | None = None) -> None:
         """Record an attempt's outcome and stages, and move its MOUS to ``state``."""
-        uid, error_class = result["uid"], result.get("error_class")
+        self.finish_attempts([Finish(attempt, result, state, memory_gb, not_before)])
+
+    def finish_attempts(self, finishes: list[Finish]) -> None:
+        """``finish_attempt`` for each, in five statements."""
+        if not finishes:
+            return
+        now = time.time()
         with self._begin() as conn:
-            conn.execute(_END_ATTEMPT, {
-                "b_id": attempt, "b_ended_at": time.time(), "b_outcome": result["status"],
-                "b_error_class": error_class, "b_message": result.get("message"),
-                "b_batch_job": result.get("batch_job"), "b_worker": result.get("worker"),
-                "b_peak_rss": result.get("peak_rss")})
-            self._record_stages(conn, attempt, uid, result.get("records", {}))
-            conn.execute(_SETTLE, {
-                "b_uid": uid, "b_state": state, "b_error_class": error_class,
-                "b_next_stage": result.get("stage"), "b_memory_gb": memory_gb,
-                "b_not_before": not_before, "b_updated_at": time.time()})
-            self._event(conn, "attempt", uid, attempt=attempt, outcome=result["status"],
-                        error_class=error_class, state=state)
+            conn.execute(_END_ATTEMPT, [{
+                "b_id": f.attempt, "b_ended_at": now, "b_outcome": f.result["status"],
+                "b_error_class": f.result.get("error_class"),
+                "b_message": f.result.get("message"), "b_batch_job": f.result.get("batch_job"),
+                "b_worker": f.result.get("worker"), "b_peak_rss": f.result.get("peak_rss")}
+                for f in finishes])
+            self._record_stages(conn, [(f.attempt, f.result["uid"], f.result.get("records", {}))
+                                       for f in finishes])
+            conn.execute(_SETTLE, [{
+                "b_uid": f.result["uid"], "b_state": f.state,
+                "b_error_class": f.result.get("error_class"),
+                "b_next_stage": f.result.get("stage"), "b_memory_gb": f.memory_gb,
+                "b_not_before": f.not_before, "b_updated_at": now} for f in finishes])
+            self._events(conn, "attempt", [(f.result["uid"], {
+                "attempt": f.attempt, "outcome": f.result["status"],
+                "error_class": f.result.get("error_class"), "state": f.state})
+                for f in finishes])
 
     def record_stages(self, attempt: int, uid: str, records: dict) -> None:
         """Stages an attempt completed before it ended (a fetch ahead of compute)."""
         with self._begin() as conn:
-            self._record_stages(conn, attempt, uid, records)
+            self._record_stages(conn, [(attempt, uid, records)])
 
     @staticmethod
-    def _record_stages(conn, attempt: int, uid: str, records: dict) -> None:
-        known = set(conn.execute(_STAGES_KNOWN, {"b_uid": uid}).all())
-        rows = [{"attempt_id": attempt, "uid": uid, "stage": record["stage"],
-                 "started_at": record["start"], "ended_at": record["end"],
-                 "wall_s": record["wall_s"], "cpu_s": record["cpu_s"],
-                 "peak_rss": record["peak_rss"], "outputs": json.dumps(record["outputs"]),
-                 "status": "done"}
-                for record in records.values()
-                # not those recorded already, by this attempt or an earlier one
-                if record is not None and (record["stage"], record["start"]) not in known]
+    def _record_stages(conn, ended: list[tuple[int, str, dict]]) -> None:
+        """The checkpoint records of (attempt, uid, records) each, but those the store has
+        already (by this attempt or an earlier one: a stage is recorded once, by its start)."""
+        known = {(uid, stage, start) for uid, stage, start in conn.execute(
+            _STAGES_KNOWN, {"b_uids": sorted({uid for _, uid, _ in ended})}).all()}
+        rows = []
+        for attempt, uid, records in ended:
+            for record in (records or {}).values():
+                if record is None or (uid, record["stage"], record["start"]) in known:
+                    continue
+                known.add((uid, record["stage"], record["start"]))
+                rows.append({"attempt_id": attempt, "uid": uid, "stage": record["stage"],
+                             "started_at": record["start"], "ended_at": record["end"],
+                             "wall_s": record["wall_s"], "cpu_s": record["cpu_s"],
+                             "peak_rss": record["peak_rss"],
+                             "outputs": json.dumps(record["outputs"]), "status": "done"})
         if rows:
             conn.execute(stages.insert(), rows)
 

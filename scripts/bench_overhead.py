@@ -1,20 +1,25 @@
 #!/usr/bin/env python3
 """Time arihpc's own overhead: no-op MOUS through the orchestrator against raw dask.
 
-    .venv/bin/python scripts/bench_overhead.py [--mous 5000] [--workers 2] [--slots 4]
+    .venv/bin/python scripts/bench_overhead.py [--mous 5000] [--command-mous 1000]
+                                               [--workers 2] [--slots 4]
                                                [--store URL] [--keep DIR] [--profile]
 
 Fills a fresh SQLite store (or the given empty one) with selected MOUS and runs the real
 orchestrator over them on a ``local`` site (a dask LocalCluster) with the ``noop`` payload:
-each MOUS is claimed in the store, gets an attempt, its runner takes the lock file in its work
-directory, runs one stage (``true``) through the process runner, writes that stage's
-checkpoint (temp file, fsync, rename), and the orchestrator records the outcome in the store.
-Before that, on the same workers, it times raw ``client.map`` of a no-op Python function +
-gather, and (for reference only) raw ``client.map`` of one ``true`` command each: the floor of
-one external command per item. The workers run both paths once before anything is timed. It
+each MOUS is claimed in the store, gets an attempt, is sent to a worker with a free slot, its
+runner takes the lock file in its work directory, runs its one stage (a Python call that does
+nothing, as a raw dask no-op does nothing), writes that stage's checkpoint (temp file, fsync,
+rename), announces its outcome, and the orchestrator records it in the store. Before that, on
+the same workers, it times raw ``client.map`` of a no-op Python function + gather, and (for
+reference only) raw ``client.map`` of one ``true`` command each: the floor of one external
+command per item. After it, for reference, ``--command-mous`` MOUS of the ``noop-command``
+payload, whose stage is ``true`` under the process runner and its guard, as every real stage
+is (in a second SQLite store). The workers run the paths once before anything is timed. It
 prints items per second and CPU time per item (where it went) of each, the store's commits
-and statements per MOUS, and the ratio arihpc / raw dask; the goal is a ratio of at least 0.5
-(exit status 1 when not met).
+and statements per MOUS, and the ratio arihpc / raw dask; the goal is a ratio of at least 0.5.
+Exit status 1 when the store is not as it should be after the run (goal met or not: the
+figures are the result).
 """
 
 from __future__ import annotations
@@ -86,11 +91,11 @@ def site_profile(folder: Path, workers: int, slots: int) -> SiteProfile:
 
 
 def run_arihpc(store: CampaignStore, profile: SiteProfile, cluster: SiteCluster,
-               client: Client) -> Tally:
-    """The orchestrator over every claimable MOUS of the store, payload ``noop``: the code
-    path of ``arihpc run``."""
+               client: Client, payload: str = "noop") -> Tally:
+    """The orchestrator over every claimable MOUS of the store, payload ``noop`` (or
+    ``noop-command``): the code path of ``arihpc run``."""
     with dask.config.set(NOOP_SETTINGS):
-        orchestrator = Orchestrator(store, profile, cluster, client, "noop", {},
+        orchestrator = Orchestrator(store, profile, cluster, client, payload, {},
                                     Path(profile.storage.work_dir))
         return orchestrator.run(threading.Event())
 
@@ -142,6 +147,7 @@ class Timing:
 
     wall_s: float = 0.0
     cpu: dict[str, float] = field(default_factory=dict)
+    items: int | None = None            # when not --mous
 
 
 def timed(client: Client, run: Callable[[], object], profile_to: Path | None = None):
@@ -208,6 +214,8 @@ def machine() -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mous", type=int, default=5000, help="no-op MOUS (and raw items)")
+    parser.add_argument("--command-mous", type=int, default=1000,
+                        help="noop-command MOUS run after, for reference (0: none)")
     parser.add_argument("--workers", type=int, default=2, help="dask workers (local jobs)")
     parser.add_argument("--slots", type=int, default=4, help="MOUS one worker runs at once "
                         "(its threads; raw items use the same threads)")
@@ -245,6 +253,8 @@ def bench(args: argparse.Namespace, folder: Path) -> int:
         sql = count_sql(store)
         runs["arihpc"], tally = timed(client, lambda: run_arihpc(store, profile, cluster, client),
                                       folder / "orchestrator.prof" if args.profile else None)
+        if args.command_mous:
+            runs["arihpc-command"] = run_command_payload(args, folder, profile, cluster, client)
     finally:
         client.close()
         cluster.close()
@@ -254,9 +264,27 @@ def bench(args: argparse.Namespace, folder: Path) -> int:
     return report(args, runs, tally, found, folder)
 
 
+def run_command_payload(args: argparse.Namespace, folder: Path, profile: SiteProfile,
+                        cluster: SiteCluster, client: Client) -> Timing:
+    """``--command-mous`` MOUS of payload ``noop-command`` (one guarded ``true`` each), in a
+    store of their own: what starting a stage's process adds to each MOUS."""
+    store = CampaignStore.open(f"sqlite:///{folder}/bench-command.db")
+    fill(store, uids(args.command_mous, group=0x2002))
+    try:
+        timing, tally = timed(client, lambda: run_arihpc(store, profile, cluster, client,
+                                                         "noop-command"))
+    finally:
+        store.close()
+    if tally.done != args.command_mous:
+        raise RuntimeError(f"noop-command: {tally.done} of {args.command_mous} MOUS done")
+    timing.items = args.command_mous
+    return timing
+
+
 LABELS = {"raw": "raw dask, client.map(noop) + gather",
           "command": "raw dask, client.map(one `true` each)",
-          "arihpc": "arihpc, no-op MOUS through `arihpc run`'s orchestrator"}
+          "arihpc": "arihpc, no-op MOUS through `arihpc run`'s orchestrator",
+          "arihpc-command": "arihpc, noop-command MOUS (one guarded `true` stage each)"}
 
 
 def report(args, runs: dict[str, Timing], tally: Tally, found: dict[str, int],
@@ -264,17 +292,17 @@ def report(args, runs: dict[str, Timing], tally: Tally, found: dict[str, int],
     """Print the figures; exit status 0 when the store is right (goal met or not: the
     figures are the result), 1 when it is not."""
     n = args.mous
-    rate = {name: n / run.wall_s for name, run in runs.items()}
+    rate = {name: (run.items or n) / run.wall_s for name, run in runs.items()}
     for name, run in runs.items():
-        cpu = ", ".join(f"{where} {1000 * s / n:.2f}" for where, s in run.cpu.items())
-        print(f"{LABELS[name]:55} {n:,} in {run.wall_s:6.2f} s = {rate[name]:7.1f} items/s; "
-              f"CPU ms per item: {cpu}")
-    print("  (the `true` line is a reference only: the floor of one external command per item)")
+        count = run.items or n
+        cpu = ", ".join(f"{where} {1000 * s / count:.2f}" for where, s in run.cpu.items())
+        print(f"{LABELS[name]:57} {count:,} in {run.wall_s:6.2f} s = {rate[name]:7.1f} "
+              f"items/s; CPU ms per item: {cpu}")
+    print("  (the `true` lines are a reference only: what one external command per item costs)")
     print(f"store after the arihpc run: {', '.join(f'{k} {v:,}' for k, v in found.items())}; "
           f"tally: {tally.done} done, {tally.failed} failed")
     print(f"  per MOUS: {found['SQL commits'] / n:.2f} store commits, "
-          f"{found['SQL statements'] / n:.1f} SQL statements; 2 fsyncs for its checkpoint, "
-          "1 for the guard's report; 2 processes (the guard and `true`)")
+          f"{found['SQL statements'] / n:.1f} SQL statements; 2 fsyncs for its checkpoint")
     ratio = rate["arihpc"] / rate["raw"]
     met = ratio >= GOAL
     print(f"ratio arihpc / raw dask: {ratio:.3f} (goal >= {GOAL:g}): "

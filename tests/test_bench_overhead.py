@@ -1,12 +1,16 @@
 """scripts/bench_overhead.py's arihpc path: no-op MOUS go through the real orchestrator, store,
-runner lock, process runner and checkpoints, each exactly once (no timing asserted here)."""
+runner lock and checkpoints (and, with ``noop-command``, the process runner), each exactly once
+(no timing asserted here)."""
 
 import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
+from arihpc import campaign
+from arihpc.campaign_workers import fetch_results
 from arihpc.jobs.workdir import read_checkpoint
 from arihpc.mous import disk_name
 from arihpc.store import attempts, events, stages
@@ -24,19 +28,25 @@ def load_script():
     return module
 
 
-def test_each_noop_mous_is_claimed_run_checkpointed_and_recorded_once(tmp_path):
+@pytest.mark.parametrize("payload", ["noop", "noop-command"])
+def test_each_noop_mous_is_claimed_run_checkpointed_and_recorded_once(tmp_path, payload,
+                                                                      monkeypatch):
     bench = load_script()
+    fetched = []        # results the orchestrator had to fetch from workers
+    monkeypatch.setattr(campaign, "fetch_results", lambda client, finished: (
+        fetched.extend(finished), fetch_results(client, finished))[1])
     store = CampaignStore.open(f"sqlite:///{tmp_path}/bench.db")
     names = bench.uids(COUNT)
     bench.fill(store, names)
     profile = bench.site_profile(tmp_path, workers=2, slots=4)
     cluster, client = bench.start_site(profile)
     try:
-        tally = bench.run_arihpc(store, profile, cluster, client)
+        tally = bench.run_arihpc(store, profile, cluster, client, payload)
     finally:
         client.close()
         cluster.close()
     assert (tally.done, tally.failed, tally.resumed, tally.retried) == (COUNT, 0, 0, 0)
+    assert fetched == []        # every outcome came announced, with its task's end
     assert store.status()["states"] == {"done": COUNT}
     workroot = tmp_path / "work"
     assert bench.check(store, workroot, names) == {
@@ -55,6 +65,9 @@ def test_each_noop_mous_is_claimed_run_checkpointed_and_recorded_once(tmp_path):
         assert checkpoint["attempt"] == 1
         # the store's stage row is the one the checkpoint describes
         assert (recorded[uid].stage, recorded[uid].started_at) == ("noop", checkpoint["start"])
-        assert (workdir / "log" / "noop.log").is_file()
-        assert not list((workdir / "log").glob(".*rusage*"))     # the guard's report was read
+        if payload == "noop-command":       # `true` ran under the guard, its report was read
+            assert (workdir / "log" / "noop.log").is_file()
+            assert not list((workdir / "log").glob(".*rusage*"))
+        else:                               # a call in the runner's thread: no command, no log
+            assert not (workdir / "log").exists()
     store.close()

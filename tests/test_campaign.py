@@ -17,7 +17,7 @@ from distributed import Client
 from helpers import run
 
 from arihpc.campaign import Orchestrator
-from arihpc.campaign_workers import wait_for_news
+from arihpc.campaign_workers import News
 from arihpc.jobs.workdir import read_checkpoint
 from arihpc.mous import disk_name
 from arihpc.sites.cluster import SiteCluster
@@ -256,11 +256,37 @@ def test_the_campaign_config_file_reaches_run_mous_in_batch_jobs(tmp_path):
 def test_with_nothing_running_the_loop_waits_a_round_or_until_a_worker_joins():
     """dask's wait returns at once on no futures: the orchestrator would spin, asking the
     scheduler and the store each time, while its first jobs start."""
-    joined = threading.Event()
+    news = News(client=None)
     started = time.monotonic()
-    assert wait_for_news([], joined, tick_s=0.5) == []
+    assert news.wait([], tick_s=0.5) == []
     assert time.monotonic() - started >= 0.45
-    threading.Timer(0.1, joined.set).start()
+    threading.Timer(0.1, news._event, [(0, {"action": "add-worker"})]).start()
     started = time.monotonic()
-    assert wait_for_news([], joined, tick_s=5) == []
-    assert time.monotonic() - started < 2 and not joined.is_set()     # woken, and reset
+    assert news.wait([], tick_s=5) == []
+    assert time.monotonic() - started < 2 and not news.joined.is_set()     # woken, and reset
+
+
+class _Pending:
+    """A future that has not finished (as the client sees it) while its outcome is
+    announced: the announcement is what ends the wait."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def done(self) -> bool:
+        return False
+
+
+def test_an_announced_outcome_ends_the_wait_at_once_and_is_taken_once():
+    news = News(client=None)
+    futures = [_Pending("a-1"), _Pending("b-1")]
+    reply = {"uid": "uid://A001/X1/X1", "status": "done"}
+    threading.Timer(0.1, news._outcome,
+                    [(0, json.dumps({"key": "b-1", "reply": reply}))]).start()
+    started = time.monotonic()
+    assert news.wait(futures, tick_s=5) == [futures[1]]
+    assert time.monotonic() - started < 1
+    assert news.take("b-1") == reply and news.take("b-1") is None
+    news._outcome((0, json.dumps({"key": "gone-1", "reply": reply})))
+    news.forget({"a-1"})                # a cancelled task's late announcement goes
+    assert news.announced == {}

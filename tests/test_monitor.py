@@ -215,7 +215,7 @@ def test_a_staging_mous_is_counted_as_staging_then_running(tmp_path):
             return stats.StateCounts(conn).progress("eso")
     assert (progress()["staging"], progress()["running"]) == (1, 0)
     assert store.status()["running"][0]["uid"] == claim.uid     # active, like running
-    store.computing(claim.uid)
+    store.computing([claim.uid])
     assert (progress()["staging"], progress()["running"]) == (0, 1)
     store.finish_attempt(attempt, {"uid": claim.uid, "status": "interrupted",
                                    "error_class": "walltime", "peak_rss": 5_000_000},

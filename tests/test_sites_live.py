@@ -4,10 +4,12 @@ import datetime as dt
 import json
 import os
 import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
+import dask.config
 import psutil
 import pytest
 from click.testing import CliRunner
@@ -42,6 +44,13 @@ def bring_up(site: str, jobs: int):
         with Client(cluster.cluster) as client:
             client.wait_for_workers(jobs, timeout=120)
             reports = list(client.run(probe).values())
+            # What the job script set up for the worker's own start and CPU (a lambda:
+            # cloudpickle sends it by value, the workers cannot import this test module).
+            for report, setup in zip(reports, client.run(lambda: {
+                    "bokeh loaded": "bokeh" in sys.modules,
+                    "profiler": dask.config.get("distributed.worker.profile.enabled"),
+                    "tick": dask.config.get("distributed.admin.tick.interval")}).values()):
+                report.update(setup)
             starts = {r["batch_job"]: slurm_start_time(r["batch_job"]) for r in reports}
             queue = read_queue(profile)
     return profile, reports, starts, queue
@@ -64,6 +73,9 @@ def test_workers_come_up_in_xvfb_with_deadline_job_id_and_resources(site):
         assert abs(report["deadline"] - expected) <= 5
         assert report["resources"] == {"slots": node_class.slots, "io": 1,
                                        "memory_gb": node_class.job_memory_gb}
+        # no worker dashboard (bokeh) to import, no profiler, a slower event-loop watch
+        assert (report["bokeh loaded"], report["profiler"], report["tick"]) == \
+            (False, False, "100ms")
     # the batch queue, read by arihpc, shows those same jobs running
     running = {job.job_id for job in queue if job.state is JobState.RUNNING}
     assert set(starts) <= running

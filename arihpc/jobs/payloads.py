@@ -1,7 +1,8 @@
 """Stage plans of the payloads: real CASA; the emulator and a no-op for tests and benchmarks.
 
 A stage is one external command that writes its outputs under one folder of the MOUS's
-work directory (the package stage also places ari_l/ in the MOUS's delivery folder).
+work directory (the package stage also places ari_l/ in the MOUS's delivery folder). Only the
+no-op payload's stage is a Python call instead: it measures arihpc's own machinery.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ class StageSpec:
     output_folder: str
     predicted_s: float
     memory_limit: int | None
+    # A stage run as a call in the runner's own thread, given its output folder: no process
+    # to start, guard or kill, so only for a stage that returns at once (the no-op payload).
+    call: Callable[[Path], None] | None = None
 
 
 def _memory_limit(task: MousTask) -> int | None:
@@ -151,10 +155,21 @@ def casa_plan(task: MousTask) -> list[StageSpec]:
     return plan + product_stages(task)
 
 
+def _nothing(_output_folder: Path) -> None:
+    """The no-op stage's work."""
+
+
 def noop_plan(task: MousTask) -> list[StageSpec]:
-    """One stage running ``true``: the whole machinery around a MOUS (claim, attempt, lock,
-    process runner, checkpoint, store updates) with no work in it. For benchmarks and tests
-    of arihpc's own overhead only (scripts/bench_overhead.py), like the emulator."""
+    """One stage that does nothing, in the runner's thread: the machinery around a MOUS
+    (claim, attempt, lock, checkpoint, store updates) with no work in it, as a raw dask
+    no-op has none. For benchmarks and tests of arihpc's own overhead only
+    (scripts/bench_overhead.py), like the emulator."""
+    return [StageSpec("noop", [], "noop", 1.0, _memory_limit(task), call=_nothing)]
+
+
+def noop_command_plan(task: MousTask) -> list[StageSpec]:
+    """One stage running ``true`` through the process runner and its guard: the no-op
+    payload plus what every real stage costs to start."""
     return [StageSpec("noop", ["true"], "noop", 1.0, _memory_limit(task))]
 
 
@@ -162,5 +177,6 @@ PAYLOADS: dict[str, Callable[[MousTask], list[StageSpec]]] = {
     "emulator": emulator_plan,
     "casa": casa_plan,
     "noop": noop_plan,
+    "noop-command": noop_command_plan,
 }
 

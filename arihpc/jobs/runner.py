@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -28,10 +29,11 @@ from arihpc.jobs import workdir as wd
 from arihpc.jobs.casa_version import CasaVersionError
 from arihpc.jobs.failures import classify, retry_policy
 from arihpc.jobs.payloads import PAYLOADS, MousTask, StageSpec
-from arihpc.jobs.process import finished_unwatched, run_process
+from arihpc.jobs.process import ProcessResult, finished_unwatched, run_process
 from arihpc.mous import disk_name
 
 LOG_TAIL = 20
+OUTCOME_TOPIC = "arihpc-outcome"    # the dask event topic of run_in_worker's outcomes
 log = logging.getLogger(__name__)
 
 
@@ -76,12 +78,28 @@ def _run_stage(task: MousTask, stage: StageSpec, stop: threading.Event | None):
         shutil.rmtree(out)          # a stage cut earlier left partial outputs
     log_path = task.workdir / "log" / f"{stage.name}.log"
     started = time.time()
+    if stage.call is not None:
+        return _run_call(stage, out, log_path), started, log_path
     with live.running(task.uid, stage.name, task.attempt) as now:
         result = run_process(stage.argv, cwd=task.workdir, log_path=log_path,
                              memory_limit=stage.memory_limit, stop=stop,
                              timeout_s=float(config.get("runner.stage-timeout-s")),
                              on_sample=now.sample)
     return result, started, log_path
+
+
+def _run_call(stage: StageSpec, out: Path, log_path: Path) -> ProcessResult:
+    """A stage that is a Python call: an exception is its failure, its traceback its log."""
+    wall, cpu = time.monotonic(), time.thread_time()
+    returncode = 0
+    try:
+        stage.call(out)
+    except Exception:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a", encoding="utf-8") as f:
+            f.write(traceback.format_exc())
+        returncode = 1
+    return ProcessResult(returncode, time.monotonic() - wall, time.thread_time() - cpu, 0, None)
 
 
 def _failure(task: MousTask, stage: StageSpec, result, log_path: Path, done: list[str]):
@@ -186,9 +204,10 @@ def run_in_worker(task: MousTask) -> dict:
     """run_mous inside a dask worker of a batch job: the job's deadline bounds every stage.
 
     Returns the outcome with the worker's address and batch job, so the orchestrator can
-    retire a worker that could fit no more work. A worker that closes (SIGTERM from the batch
-    system, its --lifetime, scancel) stops the running stage at once, so a stage is either
-    checkpointed or left unfinished, never completed without its checkpoint.
+    retire a worker that could fit no more work, and announces it on ``OUTCOME_TOPIC``. A
+    worker that closes (SIGTERM from the batch system, its --lifetime, scancel) stops the
+    running stage at once, so a stage is either checkpointed or left unfinished, never
+    completed without its checkpoint.
     """
     from distributed import get_worker
     from distributed.core import Status
@@ -209,8 +228,15 @@ def run_in_worker(task: MousTask) -> dict:
         outcome = run_mous(task, float(deadline) if deadline else None, stop=stop)
     finally:
         finished.set()
-    return {**asdict(outcome), "worker": worker.address,
-            "batch_job": os.environ.get("ARIHPC_BATCH_JOB")}
+    reply = {**asdict(outcome), "worker": worker.address,
+             "batch_job": os.environ.get("ARIHPC_BATCH_JOB")}
+    # Announced as well as returned: the scheduler forwards the announcement to the
+    # orchestrator ahead of the task's completion, so it needs no round trip to this worker
+    # to read the result (the returned value is its fallback). JSON, encoded here: a value
+    # the scheduler's msgpack could not take would break the worker's stream, not this call.
+    worker.log_event(OUTCOME_TOPIC, json.dumps({"key": worker.get_current_task(),
+                                                "reply": reply}, default=str))
+    return reply
 
 
 def retry_task(task: MousTask, outcome: Outcome, failures_of_class: int) -> MousTask | None:
