@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import datetime
+import json
 import os
 import platform
 import pstats
@@ -58,6 +59,7 @@ from arihpc.store_campaign import CampaignStore  # noqa: E402
 
 GOAL = 0.5              # arihpc keeps at least half of raw dask's items per second
 WARMUP = 50             # items of each kind run before anything is timed
+DISPATCH_TOPIC = "bench-dispatch"
 # A no-op MOUS needs no memory: the planning model's median (8 GB) would not fit a laptop.
 NOOP_SETTINGS = {"arihpc.planning.median-memory-gb": 0.1,
                  "arihpc.planning.min-memory-gb": 0.1}
@@ -133,6 +135,54 @@ def raw_map(client: Client, count: int,
     return run
 
 
+def announced_noop(item: int) -> int:
+    """A no-op that announces its end as ``run_in_worker`` does."""
+    worker = distributed.get_worker()
+    worker.log_event(DISPATCH_TOPIC, json.dumps({"key": worker.get_current_task()}))
+    return item
+
+
+def slot_dispatch(client: Client, count: int, slots: int) -> Callable[[], None]:
+    """arihpc's way of using dask with nothing of arihpc in it: every MOUS slot of every
+    worker kept busy with one task pinned to it; the tasks announce their end; each round
+    sends one ``client.map`` per worker for the slots that came free."""
+    def run() -> None:
+        ended: list[str] = []
+        lock, wake = threading.Lock(), threading.Event()
+
+        def on_end(event: tuple) -> None:
+            with lock:
+                ended.append(json.loads(event[1])["key"])
+            wake.set()
+        client.subscribe_topic(DISPATCH_TOPIC, on_end)
+        futures: dict[str, tuple] = {}
+        sent = 0
+
+        def send(worker: str, free: int) -> None:
+            nonlocal sent
+            items = range(sent, min(sent + free, count))
+            sent += len(items)
+            for future in client.map(announced_noop, items, key=[f"dispatch-{i}" for i in items],
+                                     pure=False, resources={"slots": 1}, workers=[worker]):
+                futures[future.key] = (future, worker)
+        for worker in client.scheduler_info(n_workers=-1)["workers"]:
+            send(worker, slots)
+        while futures:
+            wake.wait(1)
+            wake.clear()
+            with lock:
+                keys, ended[:] = list(ended), []
+            freed: dict[str, int] = {}
+            for key in keys:
+                future, worker = futures.pop(key)
+                future.release()
+                freed[worker] = freed.get(worker, 0) + 1
+            for worker, free in freed.items():
+                send(worker, free)
+        client.unsubscribe_topic(DISPATCH_TOPIC)
+    return run
+
+
 def cpu_times() -> tuple[float, float]:
     """CPU seconds of this process, and of its children that ended (stage commands)."""
     times = os.times()
@@ -197,6 +247,7 @@ def warm_up(folder: Path, profile: SiteProfile, cluster: SiteCluster, client: Cl
     """Every worker imports and runs both paths once before anything is timed."""
     raw_map(client, WARMUP)()
     raw_map(client, WARMUP, true_command)()
+    slot_dispatch(client, WARMUP, profile.node_classes[0].slots)()
     store = CampaignStore.open(f"sqlite:///{folder}/warmup.db")
     fill(store, uids(WARMUP, group=0x2001))
     run_arihpc(store, profile, cluster, client)
@@ -249,7 +300,8 @@ def bench(args: argparse.Namespace, folder: Path) -> int:
     try:
         warm_up(folder, profile, cluster, client)
         runs = {"raw": timed(client, raw_map(client, args.mous))[0],
-                "command": timed(client, raw_map(client, args.mous, true_command))[0]}
+                "command": timed(client, raw_map(client, args.mous, true_command))[0],
+                "dispatch": timed(client, slot_dispatch(client, args.mous, args.slots))[0]}
         sql = count_sql(store)
         runs["arihpc"], tally = timed(client, lambda: run_arihpc(store, profile, cluster, client),
                                       folder / "orchestrator.prof" if args.profile else None)
@@ -283,6 +335,7 @@ def run_command_payload(args: argparse.Namespace, folder: Path, profile: SitePro
 
 LABELS = {"raw": "raw dask, client.map(noop) + gather",
           "command": "raw dask, client.map(one `true` each)",
+          "dispatch": "raw dask, no-ops dispatched as arihpc does (pinned to slots)",
           "arihpc": "arihpc, no-op MOUS through `arihpc run`'s orchestrator",
           "arihpc-command": "arihpc, noop-command MOUS (one guarded `true` stage each)"}
 
@@ -298,7 +351,9 @@ def report(args, runs: dict[str, Timing], tally: Tally, found: dict[str, int],
         cpu = ", ".join(f"{where} {1000 * s / count:.2f}" for where, s in run.cpu.items())
         print(f"{LABELS[name]:57} {count:,} in {run.wall_s:6.2f} s = {rate[name]:7.1f} "
               f"items/s; CPU ms per item: {cpu}")
-    print("  (the `true` lines are a reference only: what one external command per item costs)")
+    print("  (the `true` lines are a reference only: what one external command per item costs;")
+    print("   the dispatch line is dask as arihpc uses it, one task in each MOUS slot, without")
+    print("   arihpc's own work: the most the orchestrator could reach with this many slots)")
     print(f"store after the arihpc run: {', '.join(f'{k} {v:,}' for k, v in found.items())}; "
           f"tally: {tally.done} done, {tally.failed} failed")
     print(f"  per MOUS: {found['SQL commits'] / n:.2f} store commits, "
