@@ -6,6 +6,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import dask.config
 import pytest
 import sqlalchemy as sa
 
@@ -28,9 +29,18 @@ def load_script():
     return module
 
 
-@pytest.mark.parametrize("payload", ["noop", "noop-command"])
+def keys(store: CampaignStore) -> list[tuple[str, int]]:
+    """(uid, attempt number) of every attempt: the orchestrator's task keys."""
+    with store.engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(sa.select(attempts.c.uid, attempts.c.id))]
+
+
+@pytest.mark.parametrize("payload, announce", [("noop", True), ("noop-command", True),
+                                              ("noop", False)])
 def test_each_noop_mous_is_claimed_run_checkpointed_and_recorded_once(tmp_path, payload,
-                                                                      monkeypatch):
+                                                                      announce, monkeypatch):
+    """With announce False no outcome is small enough to be announced (the limit travels
+    to the workers with each task): every one is fetched from its worker instead."""
     bench = load_script()
     fetched = []        # results the orchestrator had to fetch from workers
     monkeypatch.setattr(campaign, "fetch_results", lambda client, finished: (
@@ -41,12 +51,17 @@ def test_each_noop_mous_is_claimed_run_checkpointed_and_recorded_once(tmp_path, 
     profile = bench.site_profile(tmp_path, workers=2, slots=4)
     cluster, client = bench.start_site(profile)
     try:
-        tally = bench.run_arihpc(store, profile, cluster, client, payload)
+        with dask.config.set({"arihpc.runner.announce-max-bytes": 16000 if announce else 0}):
+            tally = bench.run_arihpc(store, profile, cluster, client, payload)
     finally:
         client.close()
         cluster.close()
     assert (tally.done, tally.failed, tally.resumed, tally.retried) == (COUNT, 0, 0, 0)
-    assert fetched == []        # every outcome came announced, with its task's end
+    if announce:
+        assert fetched == []    # every outcome came announced, with its task's end
+    else:
+        assert len(fetched) == COUNT and {f.key for f in fetched} == {
+            f"{disk_name(uid)}-a{attempt}" for uid, attempt in keys(store)}
     assert store.status()["states"] == {"done": COUNT}
     workroot = tmp_path / "work"
     assert bench.check(store, workroot, names) == {

@@ -230,13 +230,20 @@ def run_in_worker(task: MousTask) -> dict:
         finished.set()
     reply = {**asdict(outcome), "worker": worker.address,
              "batch_job": os.environ.get("ARIHPC_BATCH_JOB")}
-    # Announced as well as returned: the scheduler forwards the announcement to the
-    # orchestrator ahead of the task's completion, so it needs no round trip to this worker
-    # to read the result (the returned value is its fallback). JSON, encoded here: a value
-    # the scheduler's msgpack could not take would break the worker's stream, not this call.
-    worker.log_event(OUTCOME_TOPIC, json.dumps({"key": worker.get_current_task(),
-                                                "reply": reply}, default=str))
+    announcement = announce(worker.get_current_task(), reply)
+    if announcement is not None:
+        worker.log_event(OUTCOME_TOPIC, announcement)
     return reply
+
+
+def announce(key: str, reply: dict) -> str | None:
+    """The announcement of a task's outcome, or None when it is larger than
+    ``runner.announce-max-bytes``. Announced as well as returned: the scheduler forwards it to
+    the orchestrator ahead of the task's completion, so it needs no round trip to the worker
+    to read the result (the returned value is the fallback). JSON, encoded here: a value the
+    scheduler's msgpack could not take would break the worker's stream, not this call."""
+    text = json.dumps({"key": key, "reply": reply}, default=str)
+    return text if len(text) <= int(config.get("runner.announce-max-bytes")) else None
 
 
 def retry_task(task: MousTask, outcome: Outcome, failures_of_class: int) -> MousTask | None:
