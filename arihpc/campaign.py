@@ -26,7 +26,6 @@ from distributed import Client
 from arihpc import config, planning
 from arihpc.campaign_outcomes import Item, OutcomeRecorder, Tally
 from arihpc.campaign_workers import (
-    FETCH_PREFIX,
     News,
     WorkerPool,
     fetch_results,
@@ -42,6 +41,7 @@ from arihpc.store_campaign import CampaignStore, Claim, Finish
 
 log = logging.getLogger(__name__)
 GB = 1e9
+FETCH_PREFIX = "fetch-"  # keys of fetch-ahead tasks (I/O slots, not MOUS slots)
 PACE_AFTER = 3          # MOUS done in this run before the ETA follows the pace seen
 
 

@@ -147,7 +147,7 @@ class OutcomeRecorder:
             return
         backoff = float(retry_policy(outcome.error_class or "unknown").get("backoff-s", 0))
         self._finish(item.attempt, result, "waiting", retry.memory_gb,
-                                  not_before=time.time() + backoff * 2 ** earlier)
+                     not_before=time.time() + backoff * 2 ** earlier)
         self.tally.retried += 1
 
     def _abandon(self) -> None:

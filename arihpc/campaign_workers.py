@@ -22,20 +22,15 @@ from arihpc.jobs.runner import OUTCOME_TOPIC
 from arihpc.sites.profile import SiteProfile
 
 log = logging.getLogger(__name__)
-FETCH_PREFIX = "fetch-"         # keys of fetch-ahead tasks (I/O slots, not MOUS slots)
 STEP_S = 0.25                   # how often a wait looks for tasks that ended unannounced
 
 
 def _pool_view(dask_scheduler) -> dict[str, dict]:
-    """Run on the scheduler: each worker's name and MOUS slots, and how many compute tasks,
-    fetch tasks and results it has; one small reply, not the scheduler's whole view."""
-    view = {}
-    for address, state in dask_scheduler.workers.items():
-        fetching = sum(1 for task in state.processing if str(task.key).startswith(FETCH_PREFIX))
-        view[address] = {"name": state.name, "slots": state.resources.get("slots", 1),
-                         "computing": len(state.processing) - fetching, "fetching": fetching,
-                         "holding": len(state.has_what)}
-    return view
+    """Run on the scheduler: each worker's name and MOUS slots, and how many tasks it runs
+    and results it holds; one small reply, not the scheduler's whole view."""
+    return {address: {"name": state.name, "slots": state.resources.get("slots", 1),
+                      "tasks": len(state.processing), "holding": len(state.has_what)}
+            for address, state in dask_scheduler.workers.items()}
 
 
 class WorkerPool:
@@ -71,7 +66,7 @@ class WorkerPool:
 
     def _has_work(self, address: str) -> bool:
         entry = self.view.get(address, {})
-        return bool(entry.get("computing") or entry.get("fetching") or entry.get("holding"))
+        return bool(entry.get("tasks") or entry.get("holding"))
 
     def busy(self) -> set[str]:
         """Names of workers running a task or holding a result: never the ones to let go."""
