@@ -8,6 +8,9 @@ enough (a worker that yielded drains and is retired when idle, a fresh job repla
 failed -> the retry policy. Only this process writes the store. Killed at any moment, the next
 run recovers.
 
+Batching: MOUS seen to take seconds go to a MOUS slot several at a time, one dask task run
+one after another (``batching`` settings, ``campaign_outcomes.Pace``).
+
 Staging: with I/O slots (``storage.io-slots``), the fetch of the next MOUS runs ahead of compute
 (within ``storage.staging-gb`` of raw data), so a MOUS slot does not wait for a download.
 """
@@ -24,7 +27,7 @@ from typing import Callable
 from distributed import Client
 
 from arihpc import config, planning
-from arihpc.campaign_outcomes import Item, OutcomeRecorder, Tally
+from arihpc.campaign_outcomes import Item, OutcomeRecorder, Pace, Tally
 from arihpc.campaign_workers import (
     News,
     WorkerPool,
@@ -55,13 +58,14 @@ class Orchestrator(OutcomeRecorder):
         self.owner = f"{profile.name}@{time.time():.0f}"
         self.tally = Tally()
         self.items: list[Item] = []
-        self.futures: dict = {}             # future -> Item
+        self.futures: dict = {}             # future -> its Items (several: short MOUS batched)
         self.outbox: list = []              # submissions waiting for their store commit
         self.outcomes: list = []            # (item, result) fetched, not yet in the store
         self.finishing: list[Finish] = []   # attempts ended, for the store's next write
         self.claimed = 0
         self.pool = WorkerPool(client)
         self.news = News(client)
+        self.pace = Pace()
         self._estimated = 0.0
         self.settings: dict = {}            # the campaign config, read at run()
 
@@ -116,7 +120,7 @@ class Orchestrator(OutcomeRecorder):
                 stop.wait(min(max(0.0, retry_at - time.time()), 5.0))   # a retry backs off
                 continue
             self.cluster.keep_jobs(self._jobs_wanted(), self.pool.busy(), self.pool.names())
-            self.pool.retire_idle_draining(slots_held(self.items))
+            self.pool.retire_idle_draining(slots_held(self.futures))
             self._collect()
             self._repark_orphans()
         if stop.is_set():
@@ -149,8 +153,9 @@ class Orchestrator(OutcomeRecorder):
     # --- claiming and submitting ---
 
     def _claim(self) -> None:
-        """Claim MOUS for the free MOUS slots and I/O slots; their attempts start."""
-        room = self.capacity + self.lookahead - len(self.items)
+        """Claim MOUS for the free MOUS slots (each a batch of short MOUS once they are seen
+        to be short) and I/O slots; their attempts start."""
+        room = self.capacity * self.pace.batch_size() + self.lookahead - len(self.items)
         if self.limit is not None:
             room = min(room, self.limit - self.claimed)
         claims = self.store.claim(self.profile.name, self.owner, room)
@@ -200,14 +205,16 @@ class Orchestrator(OutcomeRecorder):
                     self._staged_gb() + (item.task.size_gb or 0) <= self.profile.storage.staging_gb:
                 item.phase = "fetching"
                 fetching += 1
-                self._send(item, replace(item.task, last_stage=FETCH_STAGE),
+                self._send([item], [replace(item.task, last_stage=FETCH_STAGE)],
                            f"{FETCH_PREFIX}{disk_name(item.claim.uid)}-a{item.attempt}", {"io": 1})
 
-    def _send(self, item: Item, task: MousTask, key: str, resources: dict,
+    def _send(self, items: list[Item], tasks: list[MousTask], key: str, resources: dict,
               worker: str | None = None) -> None:
-        """Submit once the store has committed the attempt (``_submit``)."""
-        self.outbox.append((item, task, key, resources, worker))
-        item.worker = worker
+        """One task for ``items``: submitted once the store has committed their attempts
+        (``_submit``)."""
+        self.outbox.append((items, tasks, key, resources, worker))
+        for item in items:
+            item.worker = worker
 
     def _submit(self) -> None:
         """One ``client.map`` per worker and resources: one message to the scheduler for
@@ -215,29 +222,52 @@ class Orchestrator(OutcomeRecorder):
         sent to a worker have a free slot there and start at once, and dask runs the rest
         (fetches ahead) in the order given, after those of earlier rounds."""
         groups: dict[tuple, list] = {}
-        for item, task, key, resources, worker in self.outbox:
+        for items, tasks, key, resources, worker in self.outbox:
             groups.setdefault((worker, tuple(sorted(resources.items()))), []).append(
-                (item, task, key))
+                (items, tasks, key))
         for (worker, resources), sent in groups.items():
-            futures = self.client.map(run_in_worker, [task for _, task, _ in sent],
+            futures = self.client.map(run_in_worker, [tasks for _, tasks, _ in sent],
                                       key=[key for _, _, key in sent], pure=False,
-                                      priority=-sent[0][0].claim.priority,
+                                      priority=-sent[0][0][0].claim.priority,
                                       resources=dict(resources),
                                       workers=[worker] if worker else None)
-            self.futures.update(zip(futures, [item for item, _, _ in sent]))
+            self.futures.update(zip(futures, [items for items, _, _ in sent]))
         self.outbox.clear()
 
-    def _compute(self, item: Item, worker: str) -> None:
-        item.phase = "computing"
-        self._send(item, item.task, f"{disk_name(item.claim.uid)}-a{item.attempt}",
-                   {"slots": 1, "memory_gb": item.task.memory_gb}, worker)
+    def _compute(self, items: list[Item], worker: str) -> None:
+        """``items`` to one MOUS slot of ``worker``, one after another."""
+        for item in items:
+            item.phase = "computing"
+        self.tally.tasks += 1
+        memory_gb = max(item.task.memory_gb or 0.0 for item in items)
+        self._send(items, [item.task for item in items],
+                   f"{disk_name(items[0].claim.uid)}-a{items[0].attempt}",
+                   {"slots": 1, "memory_gb": memory_gb}, worker)
+
+    def _batch(self, first: int, size: int) -> list[Item]:
+        """The item at ``first`` and, when it is short, the next short ones of its node class
+        waiting to compute, up to ``size`` in all; in claim order: the batch ends at one of
+        its class that cannot join it."""
+        lead = self.items[first]
+        batch = [lead]
+        if size == 1 or not self.pace.short(lead.task):
+            return batch
+        for item in self.items[first + 1:]:
+            if item.node_class != lead.node_class or item.phase in ("computing", "parked"):
+                continue
+            if item.phase not in ("claimed", "staged") or not self.pace.short(item.task):
+                break
+            batch.append(item)
+            if len(batch) == size:
+                break
+        return batch
 
     def _start_compute(self) -> None:
         """Parked MOUS first (to a worker with time enough), then the staged ones in claim
         order, each to a worker with a free slot (dask, without work stealing, would pile
         them on the first worker up). Within a node class a MOUS never starts computing
         before one claimed earlier."""
-        held = slots_held(self.items)
+        held = slots_held(self.futures)
         resuming = []
         for item in [i for i in self.items if i.phase == "parked"]:
             worker = self.pool.pick(item.node_class, item.needs_s, held)
@@ -250,10 +280,11 @@ class Orchestrator(OutcomeRecorder):
                                              for item, _ in resuming], self.profile.name)
         for (item, worker), number in zip(resuming, numbers):
             item.attempt = number
-            self._compute(item, worker)
+            self._compute([item], worker)
         starting: list[str] = []
         waiting: set[str] = set()           # classes with a MOUS that found no worker
-        for item in self.items:
+        size = self.pace.batch_size()
+        for index, item in enumerate(self.items):
             if item.phase == "fetching":
                 waiting.add(item.node_class)    # it computes first once staged
             if item.phase not in ("claimed", "staged") or item.node_class in waiting:
@@ -263,8 +294,9 @@ class Orchestrator(OutcomeRecorder):
                 waiting.add(item.node_class)
                 continue
             held[worker] = held.get(worker, 0) + 1
-            starting.append(item.claim.uid)
-            self._compute(item, worker)
+            batch = self._batch(index, size)
+            starting.extend(item.claim.uid for item in batch)
+            self._compute(batch, worker)
         self.store.computing(starting)
 
     def _jobs_wanted(self) -> dict[str, int]:
@@ -279,16 +311,21 @@ class Orchestrator(OutcomeRecorder):
         # worker would make dask run the MOUS again.
         results = fetch_results(self.client, [f for f in finished if announced[f] is None])
         for future in finished:
-            item = self.futures.pop(future)
-            result = announced[future] or results[future]
-            if isinstance(result, Exception):   # its worker died (walltime, node failure)
-                result = {"uid": item.claim.uid, "status": "interrupted",
-                          "error_class": "walltime",
-                          "message": f"worker lost: {type(result).__name__}: {result}"}
-            self.outcomes.append((item, result))
+            items = self.futures.pop(future)
+            replies = announced[future] or results[future]
+            if isinstance(replies, Exception):  # its worker died (walltime, node failure)
+                replies = [{"uid": item.claim.uid, "status": "interrupted",
+                            "error_class": "walltime",
+                            "message": f"worker lost: {type(replies).__name__}: {replies}"}
+                           for item in items]
+            for item, result in zip(items, replies):
+                if item.phase == "computing":
+                    self.pace.saw(item.task, result)
+                self.outcomes.append((item, result))
             future.release()
         if finished:
             self.news.forget({future.key for future in self.futures})
+
 
 def campaign_options(profile: SiteProfile, extra: dict | None = None) -> dict:
     """Payload options from the site profile (archive, CASA installations), plus ``extra``."""

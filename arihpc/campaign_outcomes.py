@@ -9,9 +9,10 @@ round (``_flush``).
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field, replace
 
-from arihpc import planning
+from arihpc import config, planning
 from arihpc.jobs.failures import retry_policy
 from arihpc.jobs.payloads import MousTask
 from arihpc.jobs.runner import Outcome, retry_task
@@ -19,6 +20,7 @@ from arihpc.sites.cluster import deadline_s
 from arihpc.store_campaign import Claim, Finish
 
 REFIT_EVERY = 10        # MOUS done between two fits of the planning model
+PACE_WINDOW = 50        # the last MOUS whose run times decide a batch's size
 
 
 @dataclass
@@ -48,10 +50,40 @@ class Tally:
     resumed: int = 0
     retried: int = 0
     recovered: int = 0
+    tasks: int = 0                      # sent to MOUS slots: one MOUS, or a batch of short ones
     started: float = field(default_factory=time.time)
     left: int | None = None             # MOUS of the campaign not yet done or failed
     eta_s: float | None = None          # until they are, at this site's pace
     eta_basis: str = "model"            # "model" (planning) or "pace" (seen in this run)
+
+
+class Pace:
+    """How long the MOUS of this run took, to batch short ones into one MOUS slot (the
+    ``batching`` settings): (size in GB, seconds) of the last ``PACE_WINDOW`` that ran."""
+
+    def __init__(self) -> None:
+        self.seen: deque[tuple[float, float]] = deque(maxlen=PACE_WINDOW)
+
+    def saw(self, task: MousTask, result: dict) -> None:
+        """A MOUS's run ended. Only one that ran all its stages in this run shows what a
+        whole MOUS takes: not a failure, a yield, or a resume of its last stage."""
+        ran, stages = result.get("stages_run") or (), result.get("records") or {}
+        if result.get("status") == "done" and ran and len(ran) == len(stages) and \
+                "elapsed_s" in result:
+            self.seen.append((task.size_gb or 0.0, float(result["elapsed_s"])))
+
+    def batch_size(self) -> int:
+        """MOUS one slot gets at once: as many as fit ``batching.batch-s`` at the pace of the
+        slowest seen; 1 until ``batching.min-seen`` were seen."""
+        if len(self.seen) < int(config.get("batching.min-seen")):
+            return 1
+        slowest = max(elapsed for _, elapsed in self.seen)
+        fit = int(float(config.get("batching.batch-s")) / max(slowest, 1e-3))
+        return max(1, min(int(config.get("batching.max-mous")), fit))
+
+    def short(self, task: MousTask) -> bool:
+        """No larger than the MOUS seen: a larger one may take far longer than they did."""
+        return (task.size_gb or 0.0) <= max((size for size, _ in self.seen), default=0.0)
 
 
 class OutcomeRecorder:
@@ -108,14 +140,16 @@ class OutcomeRecorder:
             self._failed(item, outcome, result)
 
     def _repark_orphans(self) -> None:
-        """A MOUS sent to one worker that left before running it would wait forever."""
-        for future, item in list(self.futures.items()):
-            if item.worker and not self.pool.alive(item.worker) and not future.done():
+        """MOUS sent to one worker that left before running them would wait forever."""
+        for future, items in list(self.futures.items()):
+            worker = items[0].worker
+            if worker and not self.pool.alive(worker) and not future.done():
                 future.cancel()
                 del self.futures[future]
-                self._settle(item, {"uid": item.claim.uid, "status": "interrupted",
-                                    "error_class": "walltime",
-                                    "message": f"worker {item.worker} left"})
+                for item in items:
+                    self._settle(item, {"uid": item.claim.uid, "status": "interrupted",
+                                        "error_class": "walltime",
+                                        "message": f"worker {worker} left"})
         self._flush()
 
     def _exceeds_walltime(self, item: Item, outcome: Outcome, result: dict) -> None:

@@ -116,12 +116,13 @@ class WorkerPool:
             self.draining -= set(idle)
 
 
-def slots_held(items: list) -> dict[str, int]:
-    """MOUS slots the orchestrator's computing MOUS (``campaign.Item``) hold, per worker."""
+def slots_held(futures: dict) -> dict[str, int]:
+    """MOUS slots the orchestrator's tasks hold, per worker: one for each computing task
+    (``futures``: future -> its ``campaign.Item``s, one MOUS or a batch of short ones)."""
     held: dict[str, int] = {}
-    for item in items:
-        if item.phase == "computing" and item.worker:
-            held[item.worker] = held.get(item.worker, 0) + 1
+    for items in futures.values():
+        if items[0].phase == "computing" and items[0].worker:
+            held[items[0].worker] = held.get(items[0].worker, 0) + 1
     return held
 
 
@@ -155,7 +156,7 @@ class News:
 
     def __init__(self, client: Client):
         self.client = client
-        self.announced: dict[str, dict] = {}    # task key -> its outcome
+        self.announced: dict[str, list] = {}    # task key -> its outcomes
         self.joined = threading.Event()         # a worker joined since the last wait
         self._wake = threading.Event()
         self._lock = threading.Lock()
@@ -179,11 +180,11 @@ class News:
     def _outcome(self, event: tuple) -> None:
         message = json.loads(event[1])
         with self._lock:
-            self.announced[message["key"]] = message["reply"]
+            self.announced[message["key"]] = message["replies"]
         self._wake.set()
 
-    def take(self, key: str) -> dict | None:
-        """The announced outcome of a task (once), or None."""
+    def take(self, key: str) -> list | None:
+        """The announced outcomes of a task (once), or None."""
         with self._lock:
             return self.announced.pop(key, None)
 

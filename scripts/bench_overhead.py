@@ -10,12 +10,16 @@ orchestrator over them on a ``local`` site (a dask LocalCluster) with the ``noop
 each MOUS is claimed in the store, gets an attempt, is sent to a worker with a free slot, its
 runner takes the lock file in its work directory, runs its one stage (a Python call that does
 nothing, as a raw dask no-op does nothing), writes that stage's checkpoint (temp file, fsync,
-rename), announces its outcome, and the orchestrator records it in the store. Before that, on
+rename), announces its outcome, and the orchestrator records it in the store. Once the first
+MOUS are seen to take milliseconds, a free slot gets a batch of them, as ``arihpc run`` does
+(``batching`` in arihpc.yaml): one dask task, run one after another. Before that, on
 the same workers, it times raw ``client.map`` of a no-op Python function + gather, and (for
-reference only) raw ``client.map`` of one ``true`` command each: the floor of one external
-command per item. After it, for reference, ``--command-mous`` MOUS of the ``noop-command``
-payload, whose stage is ``true`` under the process runner and its guard, as every real stage
-is (in a second SQLite store). The workers run the paths once before anything is timed. It
+reference only) raw ``client.map`` of one ``true`` command each (the floor of one external
+command per item) and raw dask used as arihpc uses it for MOUS that are not batched (one
+no-op pinned to each free slot, announced, one ``client.map`` per worker per round). After
+it, for reference, ``--command-mous`` MOUS of the ``noop-command`` payload, whose stage is
+``true`` under the process runner and its guard, as every real stage is (in a second SQLite
+store). The workers run the paths once before anything is timed. It
 prints items per second and CPU time per item (where it went) of each, the store's commits
 and statements per MOUS, and the ratio arihpc / raw dask; the goal is a ratio of at least 0.5.
 Exit status 1 when the store is not as it should be after the run (goal met or not: the
@@ -143,9 +147,10 @@ def announced_noop(item: int) -> int:
 
 
 def slot_dispatch(client: Client, count: int, slots: int) -> Callable[[], None]:
-    """arihpc's way of using dask with nothing of arihpc in it: every MOUS slot of every
-    worker kept busy with one task pinned to it; the tasks announce their end; each round
-    sends one ``client.map`` per worker for the slots that came free."""
+    """arihpc's way of using dask for MOUS that are not batched, with nothing of arihpc in
+    it: every MOUS slot of every worker kept busy with one task pinned to it; the tasks
+    announce their end; each round sends one ``client.map`` per worker for the slots that
+    came free."""
     def run() -> None:
         ended: list[str] = []
         lock, wake = threading.Lock(), threading.Event()
@@ -335,7 +340,7 @@ def run_command_payload(args: argparse.Namespace, folder: Path, profile: SitePro
 
 LABELS = {"raw": "raw dask, client.map(noop) + gather",
           "command": "raw dask, client.map(one `true` each)",
-          "dispatch": "raw dask, no-ops dispatched as arihpc does (pinned to slots)",
+          "dispatch": "raw dask, one no-op at a time pinned to each slot",
           "arihpc": "arihpc, no-op MOUS through `arihpc run`'s orchestrator",
           "arihpc-command": "arihpc, noop-command MOUS (one guarded `true` stage each)"}
 
@@ -352,10 +357,11 @@ def report(args, runs: dict[str, Timing], tally: Tally, found: dict[str, int],
         print(f"{LABELS[name]:57} {count:,} in {run.wall_s:6.2f} s = {rate[name]:7.1f} "
               f"items/s; CPU ms per item: {cpu}")
     print("  (the `true` lines are a reference only: what one external command per item costs;")
-    print("   the dispatch line is dask as arihpc uses it, one task in each MOUS slot, without")
-    print("   arihpc's own work: the most the orchestrator could reach with this many slots)")
+    print("   the pinned line is dask used as arihpc uses it for MOUS that are not batched, one")
+    print("   task in each MOUS slot, without arihpc's own work)")
     print(f"store after the arihpc run: {', '.join(f'{k} {v:,}' for k, v in found.items())}; "
-          f"tally: {tally.done} done, {tally.failed} failed")
+          f"tally: {tally.done} done, {tally.failed} failed, in {tally.tasks:,} dask tasks "
+          f"({n / max(tally.tasks, 1):.1f} MOUS per task)")
     print(f"  per MOUS: {found['SQL commits'] / n:.2f} store commits, "
           f"{found['SQL statements'] / n:.1f} SQL statements; 2 fsyncs for its checkpoint")
     ratio = rate["arihpc"] / rate["raw"]

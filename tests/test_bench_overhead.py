@@ -1,6 +1,6 @@
 """scripts/bench_overhead.py's arihpc path: no-op MOUS go through the real orchestrator, store,
 runner lock and checkpoints (and, with ``noop-command``, the process runner), each exactly once
-(no timing asserted here)."""
+(no timing asserted here). Once a few are seen to be short, they go to their slots in batches."""
 
 import importlib.util
 import sys
@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from arihpc import campaign
+from arihpc.campaign import Orchestrator
 from arihpc.campaign_workers import fetch_results
 from arihpc.jobs.workdir import read_checkpoint
 from arihpc.mous import disk_name
@@ -42,9 +43,17 @@ def test_each_noop_mous_is_claimed_run_checkpointed_and_recorded_once(tmp_path, 
     """With announce False no outcome is small enough to be announced (the limit travels
     to the workers with each task): every one is fetched from its worker instead."""
     bench = load_script()
-    fetched = []        # results the orchestrator had to fetch from workers
-    monkeypatch.setattr(campaign, "fetch_results", lambda client, finished: (
-        fetched.extend(finished), fetch_results(client, finished))[1])
+    fetched = {}        # results the orchestrator had to fetch from workers: key -> replies
+
+    def fetch(client, finished):
+        results = fetch_results(client, finished)
+        fetched.update({future.key: replies for future, replies in results.items()})
+        return results
+    monkeypatch.setattr(campaign, "fetch_results", fetch)
+    batches = []        # the MOUS of each task sent to a MOUS slot
+    compute = Orchestrator._compute
+    monkeypatch.setattr(Orchestrator, "_compute", lambda self, items, worker: (
+        batches.append([item.claim.uid for item in items]), compute(self, items, worker))[1])
     store = CampaignStore.open(f"sqlite:///{tmp_path}/bench.db")
     names = bench.uids(COUNT)
     bench.fill(store, names)
@@ -57,11 +66,19 @@ def test_each_noop_mous_is_claimed_run_checkpointed_and_recorded_once(tmp_path, 
         client.close()
         cluster.close()
     assert (tally.done, tally.failed, tally.resumed, tally.retried) == (COUNT, 0, 0, 0)
+    # The first round fills the 8 slots one MOUS each; once 10 MOUS were seen to take
+    # milliseconds, a slot gets up to batching.max-mous at once, in claim order.
+    assert [len(batch) for batch in batches[:8]] == [1] * 8
+    assert 1 < max(len(batch) for batch in batches) <= 16
+    assert sum(batches, []) == names
+    attempt_of = dict(keys(store))
     if announce:
-        assert fetched == []    # every outcome came announced, with its task's end
-    else:
-        assert len(fetched) == COUNT and {f.key for f in fetched} == {
-            f"{disk_name(uid)}-a{attempt}" for uid, attempt in keys(store)}
+        assert fetched == {}    # every outcome came announced, with its task's end
+    else:                       # one task per batch, keyed by its first MOUS's attempt
+        assert fetched.keys() == {f"{disk_name(batch[0])}-a{attempt_of[batch[0]]}"
+                                  for batch in batches}
+        assert sorted(reply["uid"] for replies in fetched.values() for reply in replies) == \
+            sorted(names)
     assert store.status()["states"] == {"done": COUNT}
     workroot = tmp_path / "work"
     assert bench.check(store, workroot, names) == {

@@ -282,11 +282,11 @@ def test_an_announced_outcome_ends_the_wait_at_once_and_is_taken_once():
     futures = [_Pending("a-1"), _Pending("b-1")]
     reply = {"uid": "uid://A001/X1/X1", "status": "done"}
     threading.Timer(0.1, news._outcome,
-                    [(0, json.dumps({"key": "b-1", "reply": reply}))]).start()
+                    [(0, json.dumps({"key": "b-1", "replies": [reply]}))]).start()
     started = time.monotonic()
     assert news.wait(futures, tick_s=5) == [futures[1]]
     assert time.monotonic() - started < 1
-    assert news.take("b-1") == reply and news.take("b-1") is None
-    news._outcome((0, json.dumps({"key": "gone-1", "reply": reply})))
+    assert news.take("b-1") == [reply] and news.take("b-1") is None
+    news._outcome((0, json.dumps({"key": "gone-1", "replies": [reply]})))
     news.forget({"a-1"})                # a cancelled task's late announcement goes
     assert news.announced == {}

@@ -15,7 +15,7 @@ from distributed import Client, LocalCluster
 from arihpc.jobs.payloads import MousTask, emulator_plan
 from arihpc.jobs.process import GUARD
 from arihpc.jobs.runner import Outcome, retry_task, run_mous
-from arihpc.jobs.workdir import checkpoint_path, read_checkpoint
+from arihpc.jobs.workdir import MousLock, checkpoint_path, read_checkpoint
 
 UID = "uid://A001/X87a/X706"
 STAGES = ["fetch", "restore", "image", "export"]
@@ -264,3 +264,25 @@ def test_a_stage_that_finished_after_its_runner_died_is_checkpointed_not_run_aga
         {"cpu_s": 0, "maxrss": 0, "returncode": 1, "start": 0, "end": 1}))
     assert run_mous(other).status == "done"
     assert failed_log.read_text().count("stage fetch done") == 1
+
+
+def test_held_locks_are_refreshed_by_one_thread_and_none_after_release(tmp_path):
+    """One thread of the process rewrites every held lock in time; once released, a lock
+    file is never written again (a late refresh would lock the MOUS for stale-s)."""
+    locks = [MousLock(tmp_path / str(i), "test", refresh_s=0.1, stale_s=60) for i in range(3)]
+    for lock in locks:
+        lock.path.parent.mkdir()
+        lock.acquire()
+    first = [json.loads(lock.path.read_text())["refreshed"] for lock in locks]
+    time.sleep(0.5)
+    assert all(json.loads(lock.path.read_text())["refreshed"] > before
+               for lock, before in zip(locks, first))
+    assert sum(t.name == "arihpc-lock-refresh" for t in threading.enumerate()) == 1
+    locks[0].release()
+    time.sleep(0.3)
+    assert not locks[0].path.exists()
+    assert all(lock.path.exists() for lock in locks[1:])
+    for lock in locks[1:]:
+        lock.release()
+    time.sleep(0.3)
+    assert not any(lock.path.exists() for lock in locks)

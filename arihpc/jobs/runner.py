@@ -200,20 +200,23 @@ def _run_stages(task: MousTask, deadline: float | None, stop: threading.Event | 
     return Outcome(task.uid, "done", None, None, None, (), tuple(done), records)
 
 
-def run_in_worker(task: MousTask) -> dict:
-    """run_mous inside a dask worker of a batch job: the job's deadline bounds every stage.
+def run_in_worker(tasks: list[MousTask]) -> list[dict]:
+    """run_mous for each task in turn, inside a dask worker of a batch job: the job's deadline
+    bounds every stage. Several tasks are short MOUS the orchestrator batched into one MOUS
+    slot (``batching`` in arihpc.yaml); usually there is one.
 
-    Returns the outcome with the worker's address and batch job, so the orchestrator can
-    retire a worker that could fit no more work, and announces it on ``OUTCOME_TOPIC``. A
-    worker that closes (SIGTERM from the batch system, its --lifetime, scancel) stops the
-    running stage at once, so a stage is either checkpointed or left unfinished, never
-    completed without its checkpoint.
+    Returns each outcome with its run time and the worker's address and batch job, so the
+    orchestrator can retire a worker that could fit no more work, and announces them on
+    ``OUTCOME_TOPIC``. A worker that closes (SIGTERM from the batch system, its --lifetime,
+    scancel) stops the running stage at once, so a stage is either checkpointed or left
+    unfinished, never completed without its checkpoint; the tasks after it stop before
+    their first stage.
     """
     from distributed import get_worker
     from distributed.core import Status
 
     worker = get_worker()
-    config.apply(task.settings)     # a batch job's worker never read the campaign's config
+    config.apply(tasks[0].settings)     # a batch job's worker never read the campaign's config
     live.publish(worker)
     stop, finished = threading.Event(), threading.Event()
 
@@ -224,26 +227,32 @@ def run_in_worker(task: MousTask) -> dict:
                 return
     threading.Thread(target=watch, daemon=True).start()
     deadline = os.environ.get("ARIHPC_DEADLINE")
+    where = {"worker": worker.address, "batch_job": os.environ.get("ARIHPC_BATCH_JOB")}
+    replies = []
     try:
-        outcome = run_mous(task, float(deadline) if deadline else None, stop=stop)
+        for task in tasks:
+            started = time.monotonic()
+            outcome = run_mous(task, float(deadline) if deadline else None, stop=stop)
+            replies.append({**asdict(outcome), **where,
+                            "elapsed_s": time.monotonic() - started})
     finally:
         finished.set()
-    reply = {**asdict(outcome), "worker": worker.address,
-             "batch_job": os.environ.get("ARIHPC_BATCH_JOB")}
-    announcement = announce(worker.get_current_task(), reply)
+    announcement = announce(worker.get_current_task(), replies)
     if announcement is not None:
         worker.log_event(OUTCOME_TOPIC, announcement)
-    return reply
+    return replies
 
 
-def announce(key: str, reply: dict) -> str | None:
-    """The announcement of a task's outcome, or None when it is larger than
-    ``runner.announce-max-bytes``. Announced as well as returned: the scheduler forwards it to
-    the orchestrator ahead of the task's completion, so it needs no round trip to the worker
-    to read the result (the returned value is the fallback). JSON, encoded here: a value the
-    scheduler's msgpack could not take would break the worker's stream, not this call."""
-    text = json.dumps({"key": key, "reply": reply}, default=str)
-    return text if len(text) <= int(config.get("runner.announce-max-bytes")) else None
+def announce(key: str, replies: list[dict]) -> str | None:
+    """The announcement of a task's outcomes, or None when it is larger than
+    ``runner.announce-max-bytes`` per outcome. Announced as well as returned: the scheduler
+    forwards it to the orchestrator ahead of the task's completion, so it needs no round trip
+    to the worker to read the result (the returned value is the fallback). JSON, encoded
+    here: a value the scheduler's msgpack could not take would break the worker's stream, not
+    this call."""
+    text = json.dumps({"key": key, "replies": replies}, default=str)
+    limit = int(config.get("runner.announce-max-bytes")) * len(replies)
+    return text if len(text) <= limit else None
 
 
 def retry_task(task: MousTask, outcome: Outcome, failures_of_class: int) -> MousTask | None:

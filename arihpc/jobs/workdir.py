@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import socket
 import threading
@@ -13,6 +15,7 @@ from pathlib import Path
 from arihpc.errors import ArihpcError
 
 LOCK_NAME = "arihpc.lock"
+log = logging.getLogger(__name__)
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -73,8 +76,6 @@ class MousLock:
         self.path = workdir / LOCK_NAME
         self.owner, self.refresh_s, self.stale_s = owner, refresh_s, stale_s
         self.token = uuid.uuid4().hex          # tells this runner's lock from any other
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def _record(self) -> dict:
         return {"owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(),
@@ -94,8 +95,7 @@ class MousLock:
             return self.acquire()
         with os.fdopen(fd, "w") as f:
             json.dump(self._record(), f)
-        self._thread = threading.Thread(target=self._refresh, daemon=True)
-        self._thread.start()
+        _REFRESHER.add(self)
 
     @staticmethod
     def _holder_dead(holder: dict) -> bool:
@@ -116,14 +116,11 @@ class MousLock:
         except (OSError, json.JSONDecodeError):
             return {}
 
-    def _refresh(self) -> None:
-        while not self._stop.wait(self.refresh_s):
-            write_json_atomic(self.path, self._record())
+    def refresh(self) -> None:
+        write_json_atomic(self.path, self._record())
 
     def release(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        _REFRESHER.remove(self)         # no refresh writes the file after this
         if self._holder().get("token") == self.token:
             self.path.unlink(missing_ok=True)
 
@@ -133,3 +130,46 @@ class MousLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+class _Refresher:
+    """One thread per process refreshes every lock its runners hold, each in time. A thread
+    per lock cost more than a short MOUS's whole run (its start and join)."""
+
+    def __init__(self) -> None:
+        self.due: dict[MousLock, float] = {}    # lock -> when to refresh it (monotonic)
+        self.mutex = threading.Lock()           # held while refreshing: release waits
+        self.wake = threading.Event()
+        self.next_s = math.inf                  # when the thread wakes next (monotonic)
+        self.thread: threading.Thread | None = None
+
+    def add(self, lock: MousLock) -> None:
+        with self.mutex:
+            due = self.due[lock] = time.monotonic() + lock.refresh_s
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._run, daemon=True,
+                                               name="arihpc-lock-refresh")
+                self.thread.start()
+            elif due < self.next_s:
+                self.wake.set()
+
+    def remove(self, lock: MousLock) -> None:
+        with self.mutex:
+            self.due.pop(lock, None)
+
+    def _run(self) -> None:
+        while True:
+            with self.mutex:
+                now = time.monotonic()
+                for lock in [lock for lock, due in self.due.items() if due <= now]:
+                    try:
+                        lock.refresh()
+                    except OSError as e:        # its work directory went: nothing to keep
+                        log.warning("cannot refresh %s: %s", lock.path, e)
+                    self.due[lock] = now + lock.refresh_s
+                self.next_s = min(self.due.values(), default=math.inf)
+                self.wake.clear()
+            self.wake.wait(None if self.next_s == math.inf else self.next_s - time.monotonic())
+
+
+_REFRESHER = _Refresher()
