@@ -27,7 +27,7 @@ from typing import Callable
 from distributed import Client
 
 from arihpc import config, planning
-from arihpc.campaign_outcomes import Item, OutcomeRecorder, Pace, Tally
+from arihpc.campaign_outcomes import Item, OutcomeRecorder, Pace, Tally, interrupted
 from arihpc.campaign_workers import (
     News,
     WorkerPool,
@@ -314,10 +314,8 @@ class Orchestrator(OutcomeRecorder):
             items = self.futures.pop(future)
             replies = announced[future] or results[future]
             if isinstance(replies, Exception):  # its worker died (walltime, node failure)
-                replies = [{"uid": item.claim.uid, "status": "interrupted",
-                            "error_class": "walltime",
-                            "message": f"worker lost: {type(replies).__name__}: {replies}"}
-                           for item in items]
+                lost = f"worker lost: {type(replies).__name__}: {replies}"
+                replies = [interrupted(item, lost) for item in items]
             for item, result in zip(items, replies):
                 if item.phase == "computing":
                     self.pace.saw(item.task, result)

@@ -38,7 +38,7 @@ class Item:
     attempt: int | None                 # the store's open attempt (None while parked)
     phase: str
     needs_s: float = 0.0
-    worker: str | None = None           # the worker a parked MOUS was sent to
+    worker: str | None = None           # the worker it was last sent to
 
 
 @dataclass
@@ -55,6 +55,13 @@ class Tally:
     left: int | None = None             # MOUS of the campaign not yet done or failed
     eta_s: float | None = None          # until they are, at this site's pace
     eta_basis: str = "model"            # "model" (planning) or "pace" (seen in this run)
+
+
+def interrupted(item: Item, message: str) -> dict:
+    """The outcome of a MOUS whose run was cut short from outside (its worker gone, the
+    orchestrator stopped): it resumes from its last checkpoint."""
+    return {"uid": item.claim.uid, "status": "interrupted", "error_class": "walltime",
+            "message": message}
 
 
 class Pace:
@@ -147,9 +154,7 @@ class OutcomeRecorder:
                 future.cancel()
                 del self.futures[future]
                 for item in items:
-                    self._settle(item, {"uid": item.claim.uid, "status": "interrupted",
-                                        "error_class": "walltime",
-                                        "message": f"worker {worker} left"})
+                    self._settle(item, interrupted(item, f"worker {worker} left"))
         self._flush()
 
     def _exceeds_walltime(self, item: Item, outcome: Outcome, result: dict) -> None:
@@ -190,9 +195,8 @@ class OutcomeRecorder:
             future.cancel()
         for item in self.items:
             if item.attempt is not None:
-                self._finish(item.attempt, {
-                    "uid": item.claim.uid, "status": "interrupted", "error_class": "walltime",
-                    "message": "arihpc run stopped"}, "new", item.task.memory_gb)
+                self._finish(item.attempt, interrupted(item, "arihpc run stopped"), "new",
+                             item.task.memory_gb)
         self._flush()
         parked = [item.claim.uid for item in self.items if item.attempt is None]
         if parked:
