@@ -6,7 +6,7 @@
 - ``arihpc``: ``arihpc run`` on a site profile made from site-configs/ci-slurm.yaml.
 
 Each returns the MOUS it completed (their work-directory names). Every stage is the same
-command of the emulator (arihpc.jobs.payloads.emulator_plan), tracing its CPU to one file.
+command of the emulator (arihpc.runner.plans.emulator_plan), tracing its CPU to one file.
 The dask workers import ``whole_mous`` from this module: the job prologue puts this folder
 on their PYTHONPATH.
 """
@@ -27,8 +27,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from arihpc.jobs.payloads import MousTask, emulator_plan  # noqa: E402
 from arihpc.mous import disk_name  # noqa: E402
+from arihpc.runner.plans import MousTask, emulator_plan  # noqa: E402
 from arihpc.sites.batch import SQUEUE_ARGV, JobState, parse_squeue  # noqa: E402
 from arihpc.sites.command import run_command  # noqa: E402
 
@@ -239,7 +239,7 @@ def run_arihpc(setup: Setup) -> set[str]:
     """``arihpc run`` until the campaign is done; its output goes to arihpc-run.log."""
     import sqlalchemy as sa
 
-    from arihpc.store import mous as mous_table
+    from arihpc.store.schema import mous as mous_table
 
     setup.folder.mkdir(parents=True, exist_ok=True)
     config, site = arihpc_files(setup)

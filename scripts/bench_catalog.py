@@ -19,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from arihpc import ordering, selection
-from arihpc.catalog import read_catalog
-from arihpc.store import Store
+from arihpc.catalog import ordering, selection
+from arihpc.catalog.formats import read_catalog
+from arihpc.store.catalog import CatalogStore
 
 # Column order of a real Archive Query TSV export (study7 survey_BH.tsv).
 AQ_COLUMNS = [
@@ -94,7 +94,7 @@ def main() -> int:
         print(f"generated {args.mous} MOUS in {rows} TSV rows ({tsv.stat().st_size / 1e6:.1f} MB) "
               f"in {time.perf_counter() - start:.1f} s; store {url}")
         results: dict[str, float] = {}
-        store = Store.open(url)
+        store = CatalogStore.open(url)
         reads = [timed("read TSV export", results, read_catalog, tsv),
                  timed("read sizes CSV", results, read_catalog, sizes)]
         summary = timed("write store (one transaction)", results, store.import_catalogs, reads)

@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 from arihpc.monitor import pages, server  # noqa: E402
 from arihpc.sites.profile import load_profile  # noqa: E402
-from arihpc.store import attempts, mous, stages  # noqa: E402
-from arihpc.store_campaign import CampaignStore  # noqa: E402
+from arihpc.store.campaign import CampaignStore  # noqa: E402
+from arihpc.store.schema import attempts, mous, stages  # noqa: E402
 
 STAGES = ("fetch", "restore", "image", "export")
 STATES = {"done": 0.55, "new": 0.25, "failed": 0.05, "queued": 0.04, "waiting": 0.03,

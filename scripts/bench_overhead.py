@@ -52,14 +52,15 @@ from distributed import Client
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from arihpc.campaign import Orchestrator, Tally  # noqa: E402
-from arihpc.jobs.workdir import checkpoint_path  # noqa: E402
+from arihpc.campaign.orchestrator import Orchestrator  # noqa: E402
+from arihpc.campaign.outcomes import Tally  # noqa: E402
 from arihpc.mous import disk_name  # noqa: E402
+from arihpc.runner.workdir import checkpoint_path  # noqa: E402
 from arihpc.sites.cluster import SiteCluster  # noqa: E402
 from arihpc.sites.command import run_command  # noqa: E402
 from arihpc.sites.profile import SiteProfile, load_profile  # noqa: E402
-from arihpc.store import attempts, mous, stages  # noqa: E402
-from arihpc.store_campaign import CampaignStore  # noqa: E402
+from arihpc.store.campaign import CampaignStore  # noqa: E402
+from arihpc.store.schema import attempts, mous, stages  # noqa: E402
 
 GOAL = 0.5              # arihpc keeps at least half of raw dask's items per second
 WARMUP = 50             # items of each kind run before anything is timed

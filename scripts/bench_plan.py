@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: `arihpc plan`'s simulation, 1,000 campaigns of 7,000 MOUS (the study's size).
 
-Times the planner (arihpc/planning_sim.py) for the study's single machine, its 7 machines
+Times the planner (arihpc/planning/simulation.py) for the study's single machine, its 7 machines
 with 20 % re-runs, and the three ARI-L sites with and without stage resume, each over the
 same drawn workload. Goal: 1,000 simulated campaigns of 7,000 MOUS in under 10 s.
 
@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from arihpc import planning_sim as sim
+from arihpc.planning import simulation as sim
 from arihpc.sites.profile import load_profile
 
 GOAL_S = 10.0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
 
-from arihpc.cli import main
-from arihpc.store import metadata
+from arihpc.cli.main import main
+from arihpc.store.schema import metadata
 
 
 def run(store_url: str, *args: str) -> Result:

@@ -1,4 +1,4 @@
-"""ARIQA (arihpc.jobs.ariqa): product names (real archive names read in place), counterpart
+"""ARIQA (arihpc.products.ariqa): product names (real archive names read in place), counterpart
 matching, the common grid and the verdicts, on synthetic images in CASA's exportfits layout."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from astropy.io import fits, votable
 from astropy.table import Table
 from fits_images import casa_header, pb_fwhm_arcsec, write_image
 
-from arihpc.jobs import ariqa
-from arihpc.jobs.fits_keywords import ProductError
+from arihpc.products import ariqa
+from arihpc.products.keywords import ProductError
 
 REPO = Path(__file__).resolve().parent.parent
 UID = "uid___A001_X87a_X706"

@@ -6,10 +6,10 @@ from types import SimpleNamespace
 import dask.config
 import pytest
 
-from arihpc.campaign import Orchestrator
-from arihpc.campaign_outcomes import Item, Pace
-from arihpc.jobs.payloads import MousTask
-from arihpc.store_campaign import Claim
+from arihpc.campaign.orchestrator import Orchestrator
+from arihpc.campaign.outcomes import Item, Pace
+from arihpc.runner.plans import MousTask
+from arihpc.store.campaign import Claim
 
 SETTINGS = {"arihpc.batching.batch-s": 1.0, "arihpc.batching.max-mous": 16,
             "arihpc.batching.min-seen": 10}

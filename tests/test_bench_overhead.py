@@ -10,13 +10,13 @@ import dask.config
 import pytest
 import sqlalchemy as sa
 
-from arihpc import campaign
-from arihpc.campaign import Orchestrator
-from arihpc.campaign_workers import fetch_results
-from arihpc.jobs.workdir import read_checkpoint
+from arihpc.campaign import orchestrator as campaign
+from arihpc.campaign.orchestrator import Orchestrator
+from arihpc.campaign.workers import fetch_results
 from arihpc.mous import disk_name
-from arihpc.store import attempts, events, stages
-from arihpc.store_campaign import CampaignStore
+from arihpc.runner.workdir import read_checkpoint
+from arihpc.store.campaign import CampaignStore
+from arihpc.store.schema import attempts, events, stages
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_overhead.py"
 COUNT = 50

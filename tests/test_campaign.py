@@ -16,15 +16,15 @@ import sqlalchemy as sa
 from distributed import Client
 from helpers import run
 
-from arihpc.campaign import Orchestrator
-from arihpc.campaign_workers import News
-from arihpc.jobs.workdir import read_checkpoint
+from arihpc.campaign.orchestrator import Orchestrator
+from arihpc.campaign.workers import News
 from arihpc.mous import disk_name
+from arihpc.runner.workdir import read_checkpoint
 from arihpc.sites.cluster import SiteCluster
 from arihpc.sites.command import run_command
 from arihpc.sites.profile import load_profile
-from arihpc.store import attempts, stages
-from arihpc.store_campaign import CampaignStore
+from arihpc.store.campaign import CampaignStore
+from arihpc.store.schema import attempts, stages
 
 STAGES = ("fetch", "restore", "image", "export")
 SETTINGS = {"arihpc.planning.median-memory-gb": 0.4, "arihpc.planning.min-memory-gb": 0.1,
@@ -192,8 +192,8 @@ def test_eta_follows_the_planning_model_then_the_pace_seen(tmp_path):
 
 
 def test_progress_bar_shows_counts_and_the_eta_on_a_terminal(monkeypatch, capsys):
-    from arihpc.campaign import Tally
-    from arihpc.cli_campaign import duration, progress
+    from arihpc.campaign.outcomes import Tally
+    from arihpc.cli.campaign import duration, progress
 
     assert (duration(90), duration(3 * 3600), duration(5 * 86400)) == ("2 min", "3.0 h", "5.0 d")
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from helpers import run, select_mous
 
-from arihpc.store import attempts, events, mous, stages
+from arihpc.store.schema import attempts, events, mous, stages
 
 CONFIG = ("arihpc:\n  planning:\n    median-memory-gb: 0.4\n    min-memory-gb: 0.1\n")
 
@@ -97,8 +97,8 @@ def test_thirty_mous_on_one_minute_jobs_all_done_with_walltime_resumes(tmp_path)
     engine.dispose()
     assert states == {u: "done" for u in uids}
     assert len(rows) == 30 * 4 and len(set(rows)) == 30 * 4       # each stage once
-    from arihpc.jobs.workdir import read_checkpoint
     from arihpc.mous import disk_name
+    from arihpc.runner.workdir import read_checkpoint
     for uid in uids:
         for stage in ("fetch", "restore", "image", "export"):
             check = read_checkpoint(tmp_path / "work" / disk_name(uid), stage)

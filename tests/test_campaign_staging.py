@@ -18,12 +18,12 @@ import sqlalchemy as sa
 from distributed import Client
 from helpers import run
 
-from arihpc.campaign import Orchestrator, campaign_options
+from arihpc.campaign.orchestrator import Orchestrator, campaign_options
 from arihpc.mous import disk_name
 from arihpc.sites.cluster import SiteCluster
 from arihpc.sites.profile import load_profile
-from arihpc.store import stages
-from arihpc.store_campaign import CampaignStore
+from arihpc.store.campaign import CampaignStore
+from arihpc.store.schema import stages
 
 RATE = 1_000_000        # bytes per second the archive serves
 FILE_BYTES = 2_000_000  # so a fetch takes about 2 s

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from astropy.io import fits
 
-from arihpc.jobs.payloads import MousTask
-from arihpc.jobs.runner import run_mous
+from arihpc.runner.plans import MousTask
+from arihpc.runner.run import run_mous
 
 UID = "uid://A001/X87a/X706"
 DISK = "uid___A001_X87a_X706"
@@ -28,7 +28,7 @@ def archive(tmp_path_factory):
     """A real MOUS (simobserve, two spws) served over HTTP like the archive: {uid}/MANIFEST.json."""
     root = tmp_path_factory.mktemp("archive")
     sim = tmp_path_factory.mktemp("sim")
-    done = subprocess.run([sys.executable, "-m", "arihpc.jobs.casa_payload", "simulate",
+    done = subprocess.run([sys.executable, "-m", "arihpc.payloads.casa_stages", "simulate",
                            "--workdir", str(sim), "--uid", UID], capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

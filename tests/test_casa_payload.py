@@ -1,6 +1,6 @@
 """The real CASA payload end to end: simulate a MOUS, fetch it, restore, image and export it.
 
-Every stage runs as the runner runs it: ``python -m arihpc.jobs.casa_payload STAGE``, a fresh
+Every stage runs as the runner runs it: ``python -m arihpc.payloads.casa_stages STAGE``, a fresh
 process, here with a HOME and a cwd of its own that must stay empty (CASA writes nothing there).
 """
 
@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from arihpc.jobs.failures import classify
 from arihpc.mous import disk_name
+from arihpc.runner.failures import classify
 
 pytestmark = pytest.mark.casa
 
@@ -33,7 +33,7 @@ def _payload(stage: str, workdir: Path, sandbox: Path, uid: str = UID, ok: bool 
     home, cwd = sandbox / "home", sandbox / "cwd"
     home.mkdir(parents=True, exist_ok=True)
     cwd.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "arihpc.jobs.casa_payload", stage,
+    argv = [sys.executable, "-m", "arihpc.payloads.casa_stages", stage,
             "--workdir", str(workdir), "--uid", uid]
     started = time.monotonic()
     proc = subprocess.run(argv, cwd=cwd, env={**os.environ, "HOME": str(home)},
@@ -52,7 +52,7 @@ def mous(tmp_path_factory) -> dict:
     walls = {}
     _, walls["simulate"] = _payload("simulate", root / "archive" / DISK, sandbox)
     started = time.monotonic()
-    subprocess.run([sys.executable, "-m", "arihpc.jobs.fetch", "--source",
+    subprocess.run([sys.executable, "-m", "arihpc.runner.fetch", "--source",
                     str(root / "archive" / "{uid}" / "raw"), "--uid", UID,
                     "--dest", str(workdir / "fetch")], check=True, capture_output=True)
     walls["fetch"] = time.monotonic() - started
@@ -146,7 +146,7 @@ def test_restore_without_a_measurement_set_fails_clearly(tmp_path):
 EMPTY_MS = """
 import sys
 from pathlib import Path
-from arihpc.jobs import casa_config
+from arihpc.payloads import casa_config
 casa_config.activate(Path(sys.argv[1]), "make-empty-ms")
 import casatools
 sm = casatools.simulator()

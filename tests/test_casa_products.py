@@ -18,10 +18,11 @@ from astropy.table import Table
 from fits_images import fitsverify
 from matplotlib.image import imread
 
-from arihpc.jobs import ariqa, fits_keywords, packaging
-from arihpc.jobs.payloads import MousTask
-from arihpc.jobs.runner import run_mous
 from arihpc.mous import disk_name
+from arihpc.products import ariqa, packaging
+from arihpc.products import keywords as fits_keywords
+from arihpc.runner.plans import MousTask
+from arihpc.runner.run import run_mous
 
 pytestmark = pytest.mark.casa
 
@@ -34,7 +35,7 @@ QA2_ROBUST, QA2_CELL_ARCSEC = 2.0, 0.5
 
 
 def _casa(stage: str, workdir: Path, *extra: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "arihpc.jobs.casa_payload", stage,
+    done = subprocess.run([sys.executable, "-m", "arihpc.payloads.casa_stages", stage,
                            "--workdir", str(workdir), "--uid", UID, *extra],
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, f"{stage}: {done.stderr[-3000:]}"

@@ -4,7 +4,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from arihpc.catalog import FORMATS, detect_format, read_catalog
+from arihpc.catalog.formats import FORMATS, detect_format, read_catalog
 from arihpc.errors import CatalogError
 
 pytestmark = pytest.mark.samples

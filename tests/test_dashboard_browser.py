@@ -13,7 +13,7 @@ from helpers import import_sizes, run
 from test_campaign import CONFIG_FILE, SETTINGS, campaign, ci_slurm_site, orchestrate
 from test_campaign import site_profile as local_site
 
-from arihpc.store_campaign import CampaignStore
+from arihpc.store.campaign import CampaignStore
 
 pytestmark = pytest.mark.browser
 

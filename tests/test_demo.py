@@ -13,10 +13,13 @@ import sqlalchemy as sa
 from astropy.io import fits
 from click.testing import CliRunner
 
-from arihpc import catalog, demo, demo_data, selection
-from arihpc.cli import main
+from arihpc.catalog import formats as catalog
+from arihpc.catalog import selection
+from arihpc.cli.main import main
+from arihpc.demo import archive as demo_data
+from arihpc.demo import campaign as demo
 from arihpc.mous import disk_name
-from arihpc.store import attempts, mous, stages
+from arihpc.store.schema import attempts, mous, stages
 
 
 def run_demo(directory: Path, *args: str, timeout: float) -> subprocess.CompletedProcess:

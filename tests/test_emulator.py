@@ -10,8 +10,8 @@ from pathlib import Path
 
 import psutil
 
-from arihpc.jobs.emulator import main
-from arihpc.jobs.payloads import MousTask, emulator_plan
+from arihpc.payloads.emulator import main
+from arihpc.runner.plans import MousTask, emulator_plan
 
 
 def lines(path: Path) -> list[dict]:
@@ -37,7 +37,7 @@ def test_a_completed_stage_appends_one_done_line_after_its_output(tmp_path):
 def test_sigterm_mid_stage_appends_a_killed_line_with_the_cpu_spent_and_exits_143(tmp_path):
     workdir, trace = tmp_path / "uid___A001_X1_X3", tmp_path / "trace.jsonl"
     process = subprocess.Popen(
-        [sys.executable, "-m", "arihpc.jobs.emulator", "--stage", "image", "--workdir",
+        [sys.executable, "-m", "arihpc.payloads.emulator", "--stage", "image", "--workdir",
          str(workdir), "--size-gb", "1", "--cpu-s-per-gb", "60", "--trace", str(trace)],
         stdout=subprocess.PIPE, text=True)
     while "emulating stage" not in process.stdout.readline():

@@ -5,8 +5,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from arihpc.cli import main
-from arihpc.jobs.failures import CLASSES, classify, retry_policy
+from arihpc.cli.main import main
+from arihpc.runner.failures import CLASSES, classify, retry_policy
 
 LEAP = ("2023-03-07 09:12:44\tSEVERE\tMeasTable::dUTC(Double) (file ../../measures/Measures/"
         "MeasTable.cc, line 4290)\tLeap second table TAI_UTC seems out-of-date.")

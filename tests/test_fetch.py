@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from arihpc.errors import InvalidUid
-from arihpc.jobs.fetch import DownloadError, fetch_mous
+from arihpc.runner.fetch import DownloadError, fetch_mous
 
 UID = "uid___A001_X147_X5b"
 SIZES = {"a.tar": 2 * 1024 * 1024 + 17, "b.tar": 3 * 1024 * 1024}
@@ -220,7 +220,7 @@ def test_manifest_name_not_plain_raises(tmp_path: Path, bad: str):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "arihpc.jobs.fetch", *args],
+    return subprocess.run([sys.executable, "-m", "arihpc.runner.fetch", *args],
                           capture_output=True, text=True, timeout=30)
 
 

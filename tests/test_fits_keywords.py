@@ -1,4 +1,4 @@
-"""Computed keywords and header completion (arihpc.jobs.fits_keywords) on synthetic images in
+"""Computed keywords and header completion (arihpc.products.keywords) on synthetic images in
 CASA's exportfits layout whose noise and sources are known."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from astropy.io import fits
 from fits_images import beams_hdu, casa_header, fitsverify, gaussian, pb_fwhm_arcsec, write_image
 from radio_beam import Beam
 
-from arihpc.jobs import fits_keywords as fk
+from arihpc.products import keywords as fk
 
 REPO = Path(__file__).resolve().parent.parent
 NOISE = 1e-3

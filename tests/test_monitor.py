@@ -14,8 +14,8 @@ from helpers import import_sizes, run
 from test_campaign import campaign, orchestrate, site_profile
 
 from arihpc.monitor import server, views
-from arihpc.store import attempts, mous
-from arihpc.store_campaign import CampaignStore
+from arihpc.store.campaign import CampaignStore
+from arihpc.store.schema import attempts, mous
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +187,7 @@ def test_the_report_is_one_file_that_needs_no_network(finished, tmp_path):
 
 
 def test_a_stage_publishes_its_memory_to_the_worker_metrics():
-    from arihpc.jobs import live
+    from arihpc.runner import live
 
     class Worker:
         metrics: dict = {}

@@ -5,10 +5,10 @@ import random
 import pytest
 
 from arihpc import config
+from arihpc.catalog.ordering import order_keys, priorities, prioritise
+from arihpc.catalog.selection import Rules, decide
 from arihpc.errors import ConfigError
 from arihpc.mous import MousRecord
-from arihpc.ordering import order_keys, priorities, prioritise
-from arihpc.selection import Rules, decide
 
 PROJECT = {2: "2013.1.00001.S", 3: "2015.1.00001.S", 4: "2016.1.00001.S"}
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from arihpc.errors import ArihpcError
-from arihpc.jobs.packaging import (
+from arihpc.products.packaging import (
     MANIFEST,
     DeliveryLayout,
     PackagingError,

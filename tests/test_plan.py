@@ -1,4 +1,4 @@
-"""arihpc plan: the Monte Carlo campaign planner (arihpc/planning_sim.py) and its command."""
+"""arihpc plan: the Monte Carlo campaign planner (arihpc/planning/simulation.py) and its command."""
 
 import json
 
@@ -7,9 +7,9 @@ import pytest
 from click.testing import CliRunner, Result
 from helpers import run, select_mous
 
-from arihpc import planning_sim as sim
-from arihpc.cli import main
-from arihpc.planning import PowerLaw
+from arihpc.cli.main import main
+from arihpc.planning import simulation as sim
+from arihpc.planning.model import PowerLaw
 from arihpc.sites.profile import load_profile
 
 NO_FAILURES = sim.Assumptions()          # resume on, nothing fails, no job start cost
@@ -154,7 +154,7 @@ def test_a_store_plans_what_is_left_with_run_times_fitted_to_its_history(tmp_pat
 
 
 def test_run_times_are_fitted_to_the_mous_the_store_has_done(tmp_path):
-    from arihpc.store_campaign import CampaignStore
+    from arihpc.store.campaign import CampaignStore
 
     url = f"sqlite:///{tmp_path}/c.db"
     uids = [f"uid://A001/X41/X{i:x}" for i in range(1, 31)]

@@ -5,15 +5,15 @@ import math
 import numpy as np
 import pytest
 
-from arihpc.planning import (
+from arihpc.planning.model import (
     PowerLaw,
     Prediction,
     campaign_hours,
     default_models,
     fit,
     predict,
-    route,
 )
+from arihpc.planning.routing import route
 from arihpc.sites.profile import load_profile
 
 

@@ -15,8 +15,8 @@ import pytest
 from astropy.io import fits
 from matplotlib.image import imread
 
-from arihpc.jobs import previews
-from arihpc.jobs.previews import PreviewError, preview
+from arihpc.products import previews
+from arihpc.products.previews import PreviewError, preview
 
 SIZE = 128
 CELL_DEG = 0.33 / 3600

@@ -12,10 +12,10 @@ import psutil
 import pytest
 from distributed import Client, LocalCluster
 
-from arihpc.jobs.payloads import MousTask, emulator_plan
-from arihpc.jobs.process import GUARD
-from arihpc.jobs.runner import Outcome, retry_task, run_mous
-from arihpc.jobs.workdir import MousLock, checkpoint_path, read_checkpoint
+from arihpc.runner.plans import MousTask, emulator_plan
+from arihpc.runner.process import GUARD
+from arihpc.runner.run import Outcome, retry_task, run_mous
+from arihpc.runner.workdir import MousLock, checkpoint_path, read_checkpoint
 
 UID = "uid://A001/X87a/X706"
 STAGES = ["fetch", "restore", "image", "export"]
@@ -161,12 +161,12 @@ def test_runner_command_writes_its_outcome(tmp_path):
     import sys
 
     workdir = tmp_path / "w"
-    done = subprocess.run([sys.executable, "-m", "arihpc.jobs.runner", "--uid", UID,
+    done = subprocess.run([sys.executable, "-m", "arihpc.runner.run", "--uid", UID,
                            "--workdir", str(workdir), "--size-gb", "0.5"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == f"{UID}: done"
     assert json.loads((workdir / "outcome.json").read_text())["status"] == "done"
-    bad = subprocess.run([sys.executable, "-m", "arihpc.jobs.runner", "--uid", "../x",
+    bad = subprocess.run([sys.executable, "-m", "arihpc.runner.run", "--uid", "../x",
                           "--workdir", str(tmp_path / "x")], capture_output=True, text=True,
                          timeout=60)
     assert bad.returncode != 0 and "not an ALMA MOUS uid" in bad.stderr
@@ -174,7 +174,7 @@ def test_runner_command_writes_its_outcome(tmp_path):
 
 
 def test_casa_version_from_the_delivery_picks_the_installation_or_fails(tmp_path):
-    from arihpc.jobs.payloads import casa_command
+    from arihpc.runner.plans import casa_command
 
     delivery = tmp_path / "member.uid___A001_X87a_X706"
     (delivery / "script").mkdir(parents=True)
@@ -185,7 +185,10 @@ def test_casa_version_from_the_delivery_picks_the_installation_or_fails(tmp_path
     job = MousTask(UID, tmp_path / "w", "casa", 1.0,
                    options={"source": "http://127.0.0.1:1/{uid}/", "casa": site,
                             "imaging": "6.7.0.31", "delivery": str(delivery)})
-    assert casa_command(job)[0] == "/opt/casa/casa-release-4.7.2-el7/bin/casa"
+    command = casa_command(job)
+    assert command[0] == "/opt/casa/casa-release-4.7.2-el7/bin/casa"
+    # that CASA's own Python runs arihpc's stage script, given by its path
+    assert command[-1].endswith("casa_stages.py") and Path(command[-1]).is_file()
     lacking = MousTask(UID, tmp_path / "w", "casa", 1.0, options={
         **job.options, "casa": {"6.7.0.31": "pypi"}})
     outcome = run_mous(lacking)
@@ -195,7 +198,7 @@ def test_casa_version_from_the_delivery_picks_the_installation_or_fails(tmp_path
 
 @pytest.mark.samples
 def test_the_real_mous_readme_names_no_casa_version(samples_dir, tmp_path):
-    from arihpc.jobs.casa_version import detect_casa_version
+    from arihpc.runner.casa_version import detect_casa_version
 
     # the real README (read in place) says "the CASA version specified in the QA2 report"
     assert detect_casa_version(samples_dir) is None
@@ -204,7 +207,7 @@ def test_the_real_mous_readme_names_no_casa_version(samples_dir, tmp_path):
 
 
 def test_a_stage_timeout_ends_the_whole_group(tmp_path):
-    from arihpc.jobs.process import run_process
+    from arihpc.runner.process import run_process
 
     started = time.time()
     result = run_process(["sh", "-c", "sleep 30 & sleep 30"], cwd=tmp_path,
@@ -238,7 +241,7 @@ def test_a_404_from_the_archive_is_class_download_with_the_url(tmp_path):
 def test_a_stage_that_finished_after_its_runner_died_is_checkpointed_not_run_again(tmp_path):
     """The runner died between the command's exit and the checkpoint: the guard's report says
     the command exited 0, so the next runner adopts it instead of running it again."""
-    from arihpc.jobs.process import run_process
+    from arihpc.runner.process import run_process
 
     job = task(tmp_path)
     plan = emulator_plan(job)

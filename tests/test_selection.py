@@ -6,9 +6,9 @@ import re
 import pytest
 
 from arihpc import config
+from arihpc.catalog.selection import REASONS, Rules, decide, explain, select
 from arihpc.errors import ConfigError
 from arihpc.mous import MousRecord
-from arihpc.selection import REASONS, Rules, decide, explain, select
 
 # A MOUS that passes every check: cycle 4, PASS, 43 antennas, 12m, dual polarisation.
 GOOD = MousRecord("uid://A001/X87a/X706", project="2016.1.00650.S", qa2="PASS",

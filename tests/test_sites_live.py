@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner
 from distributed import Client, wait
 
-from arihpc.cli import main
-from arihpc.jobs.probe import probe
+from arihpc.cli.main import main
+from arihpc.runner.probe import probe
 from arihpc.sites.batch import JobState, read_queue
 from arihpc.sites.cluster import SiteCluster
 from arihpc.sites.command import run_command

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from arihpc.cli import main
+from arihpc.cli.main import main
 from arihpc.errors import ProfileError
 from arihpc.sites.profile import available_profiles, load_profile
 

@@ -4,7 +4,7 @@ import re
 
 from click.testing import CliRunner
 
-from arihpc.cli import main
+from arihpc.cli.main import main
 
 
 def script(*args):

@@ -3,11 +3,12 @@
 import pytest
 import sqlalchemy as sa
 
-from arihpc.catalog import CatalogRead
+from arihpc.catalog.formats import CatalogRead
+from arihpc.catalog.selection import Verdict
 from arihpc.errors import StoreError
 from arihpc.mous import MousRecord
-from arihpc.selection import Verdict
-from arihpc.store import SCHEMA_VERSION, Store, attempts, meta, mous, stages, store_url
+from arihpc.store.catalog import CatalogStore
+from arihpc.store.schema import SCHEMA_VERSION, attempts, meta, mous, stages, store_url
 
 UID = "uid://A001/X87a/X706"
 
@@ -18,7 +19,7 @@ def read(*records, path="x.tsv"):
 
 @pytest.fixture
 def store(store_url):
-    s = Store.open(store_url)
+    s = CatalogStore.open(store_url)
     yield s
     s.close()
 
@@ -32,13 +33,13 @@ def test_schema_is_created_with_its_version(store):
 
 
 def test_a_newer_schema_is_refused(store_url):
-    Store.open(store_url).close()
+    CatalogStore.open(store_url).close()
     engine = sa.create_engine(store_url)
     with engine.begin() as conn:
         conn.execute(meta.update().values(value=str(SCHEMA_VERSION + 1)))
     engine.dispose()
     with pytest.raises(StoreError, match="newer than this arihpc"):
-        Store.open(store_url)
+        CatalogStore.open(store_url)
 
 
 def test_import_inserts_updates_and_counts(store):
@@ -107,7 +108,7 @@ def test_events_are_appended(store):
 
 
 def test_sqlite_store_uses_wal(sqlite_url):
-    store = Store.open(sqlite_url)
+    store = CatalogStore.open(sqlite_url)
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     store.close()
@@ -125,7 +126,7 @@ def test_store_url_resolution(monkeypatch, tmp_path):
 
 def test_missing_store_folder_is_a_clear_error(tmp_path):
     with pytest.raises(StoreError, match="does not exist"):
-        Store.open(str(tmp_path / "nowhere" / "c.db"))
+        CatalogStore.open(str(tmp_path / "nowhere" / "c.db"))
 
 
 def test_large_import_in_one_transaction(store):
@@ -139,7 +140,7 @@ def test_large_import_in_one_transaction(store):
 
 
 def test_a_version_1_store_is_upgraded_in_place(store_url):
-    from arihpc.store import CAMPAIGN_COLUMNS
+    from arihpc.store.schema import CAMPAIGN_COLUMNS
 
     engine = sa.create_engine(store_url)
     old = sa.MetaData()
@@ -152,7 +153,7 @@ def test_a_version_1_store_is_upgraded_in_place(store_url):
         conn.execute(sa.text("INSERT INTO mous (uid, qa2, imported_at, state) "
                              "VALUES ('uid://A001/X1/X1', 'PASS', 1.0, 'new')"))
     engine.dispose()
-    store = Store.open(store_url)
+    store = CatalogStore.open(store_url)
     assert store.record("uid://A001/X1/X1").qa2 == "PASS"
     with store.engine.connect() as conn:
         version = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version"))
@@ -176,7 +177,7 @@ def test_a_version_2_store_gains_the_attempts_peak_rss(store_url):
         conn.execute(sa.text("INSERT INTO attempts (uid, site, started_at, outcome) "
                              "VALUES ('uid://A001/X1/X1', 'eso', 1.0, 'done')"))
     engine.dispose()
-    store = Store.open(store_url)
+    store = CatalogStore.open(store_url)
     with store.engine.connect() as conn:
         assert conn.execute(sa.select(attempts.c.outcome, attempts.c.peak_rss)).one() == (
             "done", None)

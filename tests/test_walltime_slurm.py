@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from arihpc.jobs.workdir import read_checkpoint
+from arihpc.runner.workdir import read_checkpoint
 from arihpc.sites.command import run_command
 
 UID = "uid://A001/X87a/X706"
@@ -21,7 +21,7 @@ def submit(tmp_path: Path, workdir: Path, walltime: str) -> str:
     script.write_text(
         "#!/bin/bash\n"
         f"#SBATCH -t {walltime}\n#SBATCH -o {tmp_path}/slurm-%j.out\n"
-        f"exec {sys.executable} -m arihpc.jobs.runner --uid {UID} --workdir {workdir} "
+        f"exec {sys.executable} -m arihpc.runner.run --uid {UID} --workdir {workdir} "
         f"--size-gb 1 --options '{OPTIONS}'\n")
     return run_command(["sbatch", "--parsable", str(script)]).stdout.strip().split(";")[0]
 

@@ -3,7 +3,7 @@
 Read-only. The batch queue comes from ``squeue``/``qstat`` (arihpc.sites.batch); the workers
 from the site's dask scheduler, found through the ``site-start`` event its ``arihpc run`` wrote
 in the store, over the scheduler's own HTTP endpoint ``/json/identity.json``. Each worker's
-metrics carry the stages it runs (arihpc.jobs.live). A source that cannot be read is reported
+metrics carry the stages it runs (arihpc.runner.live). A source that cannot be read is reported
 with the reason, and the rest of the page still shows.
 """
 
@@ -18,10 +18,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from arihpc.errors import ArihpcError
-from arihpc.jobs.live import METRIC
+from arihpc.runner.live import METRIC
 from arihpc.sites.batch import JobState, read_queue
 from arihpc.sites.profile import SiteProfile
-from arihpc.store import attempts, events, mous
+from arihpc.store.schema import attempts, events, mous
 
 GB = 1e9
 SCHEDULER_TIMEOUT_S = 3.0

@@ -20,7 +20,7 @@ from arihpc import __version__
 from arihpc.monitor import figures, views
 from arihpc.monitor.stats import CampaignNumbers
 from arihpc.sites.profile import SiteProfile
-from arihpc.store_campaign import CampaignStore
+from arihpc.store.campaign import CampaignStore
 
 BOKEH_COMPONENTS = ["bokeh"]        # BokehJS's core is all these figures need
 _template = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).from_string(
@@ -67,7 +67,7 @@ def end_table(end: dict) -> dict:
             ["expected end (pace of the last day)", f"{when(end['pace_end'])} "
                                                     f"(in {span(end['pace_hours'] * 3600)})"
              if end["pace_end"] else "-"]]
-    return _table("end", "Expected end (arihpc/planning.py)", ["", ""], rows)
+    return _table("end", "Expected end (arihpc/planning/model.py)", ["", ""], rows)
 
 
 def now_tables(now: dict) -> list[dict]:

@@ -22,7 +22,7 @@ from bokeh.settings import settings as bokeh_settings
 
 from arihpc.monitor import pages, views
 from arihpc.sites.profile import SiteProfile
-from arihpc.store_campaign import CampaignStore
+from arihpc.store.campaign import CampaignStore
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 COOKIE = "arihpc_token"

@@ -15,8 +15,8 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from arihpc import planning
-from arihpc.store import attempts, mous, stages
+from arihpc.planning import model as planning
+from arihpc.store.schema import attempts, mous, stages
 
 GB = 1e9
 WAITING = ("new", "waiting", "queued")      # selected, not started: the "queued" of a dashboard

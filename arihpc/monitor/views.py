@@ -11,7 +11,7 @@ from typing import Mapping
 from arihpc.errors import ProfileError
 from arihpc.monitor import live, stats
 from arihpc.sites.profile import SiteProfile, load_profile
-from arihpc.store_campaign import CampaignStore
+from arihpc.store.campaign import CampaignStore
 
 
 def profiles_for(store: CampaignStore, given: Mapping[str, SiteProfile] | None = None

@@ -113,14 +113,14 @@ def job_options(profile: SiteProfile, node_class: NodeClass) -> dict:
         # memory guard, and a worker that dies should end its job (the orchestrator sends
         # its MOUS elsewhere), not restart. The nanny would cost each job a second Python
         # start (~1.5 s) and a 2 s wait when it leaves. What it did that we need, end the
-        # worker with its job, arihpc/jobs/worker_watch.py does.
+        # worker with its job, arihpc/runner/worker_watch.py does.
         "nanny": False,
         "worker_extra_args": [
             "--resources", resources,
             # A worker leaves before the walltime cut; a fresh job continues its MOUS.
             "--lifetime", f"{deadline_s(profile)}s",
             # Without a nanny, the worker ends itself when the job's shell is gone.
-            "--preload", "arihpc.jobs.worker_watch",
+            "--preload", "arihpc.runner.worker_watch",
             # Its own dashboard (bokeh) would cost every job ~0.6 s of start; the site's
             # scheduler dashboard and arihpc's own show the workers.
             "--no-dashboard",

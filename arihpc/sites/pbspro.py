@@ -1,16 +1,14 @@
-"""PBS Pro sites (MUP): dask-jobqueue's PBSCluster with a ``select=1:ncpus=N:mem=M`` chunk."""
-
-from dask_jobqueue import PBSCluster
-from dask_jobqueue.pbs import PBSJob
+"""PBS Pro sites (MUP): the same PBS job as Torque's (torque.py), asking for its node with a
+``select=1:ncpus=N:mem=M`` chunk instead of ``nodes=1:ppn=N``."""
 
 from arihpc.sites.profile import NodeClass
-from arihpc.sites.torque import log_directives, pbs_memory  # noqa: F401 (same for PBS Pro)
-
-cluster_class = PBSCluster
-job_class = PBSJob
-# SLURM's PBS wrappers (the CI sites) run the job under SLURM, which sets SLURM_JOB_ID.
-# environment variables that may hold the batch job id, first set wins
-job_id_variables = ("PBS_JOBID", "SLURM_JOB_ID")
+from arihpc.sites.torque import (  # noqa: F401 (PBS Pro's are the same)
+    cluster_class,
+    job_class,
+    job_id_variables,
+    log_directives,
+    pbs_memory,
+)
 
 
 def resource_options(node_class: NodeClass) -> dict:

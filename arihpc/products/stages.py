@@ -1,0 +1,168 @@
+"""The ARI-L stages of one MOUS after export, each one command in a fresh process::
+
+    python -m arihpc.products.stages STAGE --workdir DIR --uid UID [--delivery FOLDER]
+        [--project CODE] [--site NAME]
+
+- ``qa``: the computed keywords of each exported FITS product (``qa/keywords.json``) and the
+  ARIQA table against the archived QA2 images of the delivery's ``product/`` folder
+  (``qa/ariqa.ecsv``);
+- ``preview``: a PNG per product (``preview/``);
+- ``package``: the products with completed headers (HISTORY, standard and ARI* keywords), the
+  ``ari_l/`` folder with README.txt and MANIFEST.sha256, and one tar for ingestion
+  (``package/``); with ``products.publish-to-delivery``, ``ari_l/`` is also placed in the
+  delivery's member folder. Nothing else in the delivery tree is touched.
+
+``--delivery`` is the MOUS's member folder in the ALMA delivery tree (``product/``, README,
+scripts). A stage starts from an empty output folder; a failure ends with
+``products STAGE ERROR STAGE failed: ...`` on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from astropy.table import Table
+
+import arihpc
+from arihpc import config
+from arihpc.errors import ArihpcError
+from arihpc.mous import disk_name, parse_uid
+from arihpc.products import ariqa, keywords, packaging, previews
+from arihpc.runner.plans import stage_parser
+from arihpc.runner.workdir import write_json_atomic
+
+log = logging.getLogger("arihpc.products")
+KEYWORDS_FILE = "keywords.json"
+ARIQA_FILE = "ariqa.ecsv"
+
+
+def _reset(folder: Path) -> Path:
+    shutil.rmtree(folder, ignore_errors=True)      # a stage cut earlier left part of it
+    folder.mkdir(parents=True)
+    return folder
+
+
+def _exported(workdir: Path) -> dict:
+    """export/products.json: the FITS products and how they were imaged."""
+    path = workdir / "export" / "products.json"
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError) as exc:
+        raise ArihpcError(f"{path}: {exc}: run the export stage first") from None
+
+
+def _fits(workdir: Path, made: dict) -> list[Path]:
+    return [workdir / item["fits"] for item in made["products"]]
+
+
+def qa(workdir: Path, args: argparse.Namespace) -> None:
+    made = _exported(workdir)
+    out = _reset(workdir / "qa")
+    stats = {path.name: dataclasses.asdict(keywords.measure_file(path))
+             for path in _fits(workdir, made)}
+    write_json_atomic(out / KEYWORDS_FILE, stats)
+    product_folder = args.delivery / "product" if args.delivery else None
+    table = ariqa.ariqa_table(_fits(workdir, made), product_folder)
+    ariqa.write_table(table, out / ARIQA_FILE)
+    counts = {v: int(sum(table["verdict"] == v)) for v in sorted(set(table["verdict"]))}
+    log.info("measured %d product(s); ARIQA %s", len(stats), counts)
+
+
+def preview(workdir: Path, args: argparse.Namespace) -> None:
+    made = _exported(workdir)
+    out = _reset(workdir / "preview")
+    pngs = [previews.preview(path, out) for path in _fits(workdir, made)]
+    log.info("wrote %d preview(s)", len(pngs))
+
+
+def _provenance(made: dict, args: argparse.Namespace) -> dict[str, str]:
+    """What the HISTORY cards and the README say about how the products were made."""
+    imaging = dict(made.get("imaging") or {})
+    casa = str(imaging.pop("casa", "unknown"))
+    return {"arihpc": arihpc.__version__, "casa": casa,
+            "site": args.site or os.environ.get("ARIHPC_SITE", "unknown"),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()),
+            "mous": parse_uid(args.uid),
+            "imaging": " ".join(f"{k}={v}" for k, v in imaging.items()) or "unknown"}
+
+
+def _completed_products(workdir: Path, made: dict, provenance: dict, verdicts: dict,
+                        into: Path) -> list[Path]:
+    """Copies of the exported FITS with completed headers, in ``into``."""
+    measured = json.loads((workdir / "qa" / KEYWORDS_FILE).read_text())
+    into.mkdir(parents=True)
+    completed = []
+    for item in made["products"]:
+        path = workdir / item["fits"]
+        stats = keywords.ImageStats(**measured[path.name])
+        extra = {"ARIQA": verdicts.get(path.name, "not-assessed")}
+        grid = {"grid": f"cell={item['cell_arcsec']}arcsec imsize={item['imsize']}"} \
+            if "cell_arcsec" in item else {}
+        completed.append(keywords.complete_header(path, into / path.name, stats,
+                                                       {**provenance, **grid}, extra))
+    return completed
+
+
+def package(workdir: Path, args: argparse.Namespace) -> None:
+    made = _exported(workdir)
+    table_path = workdir / "qa" / ARIQA_FILE
+    if not table_path.is_file():
+        raise ArihpcError(f"{table_path} not found: run the qa stage first")
+    rows = [dict(zip(row.colnames, row)) for row in Table.read(table_path, format="ascii.ecsv")]
+    out = _reset(workdir / "package")
+    provenance = _provenance(made, args)
+    products = _completed_products(workdir, made, provenance,
+                                   {r["product"]: str(r["verdict"]) for r in rows},
+                                   out / "completed")
+    qa_files = [table_path, workdir / "qa" / KEYWORDS_FILE,
+                *sorted((workdir / "preview").glob("*.png"))]
+    logs = sorted(p for p in (workdir / "log").glob("*.log") if p.name != "package.log")
+    layout = packaging.layout_of(args.delivery, args.uid, args.project)
+    readme = packaging.readme_text(args.uid, made["products"], rows, provenance)
+    ari_l = packaging.build_ari_l(out / "tree", layout, products, qa_files, logs, readme)
+    shutil.rmtree(out / "completed")
+    tar = packaging.write_tar(ari_l, out / f"{disk_name(args.uid)}.ari_l.tar")
+    problems = packaging.verify_tar(tar)
+    if problems:
+        raise ArihpcError(f"{tar}: does not verify: {'; '.join(problems)}")
+    if args.delivery and config.get("products.publish-to-delivery"):
+        packaging.publish(ari_l, args.delivery)
+        shutil.rmtree(out / "tree")         # the published copy and the tar are enough
+    log.info("packaged %d product(s) in %s", len(products), tar)
+
+
+STAGES = {"qa": qa, "preview": preview, "package": package}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = stage_parser("python -m arihpc.products.stages", __doc__.splitlines()[0], STAGES)
+    parser.add_argument("--delivery", type=Path, default=None,
+                        help="the MOUS's member folder in the ALMA delivery tree")
+    parser.add_argument("--project", default=None, help="ALMA project code (ari_l layout)")
+    parser.add_argument("--site", default=None, help="site name (default: $ARIHPC_SITE)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format=f"%(asctime)s products {args.stage} %(levelname)s %(message)s")
+    try:
+        disk_name(args.uid)
+        STAGES[args.stage](args.workdir.resolve(), args)
+    except (ArihpcError, OSError, ValueError) as exc:
+        log.error("%s failed: %s", args.stage, exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
