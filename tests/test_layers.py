@@ -139,6 +139,24 @@ def test_the_layer_table_and_the_packages_on_disk_agree(layers):
     assert layers[0] == BASE
 
 
+def test_the_layer_table_names_every_module_of_its_package(layers):
+    rows = {}
+    for line in ARCHITECTURE.read_text().split("\n## Layers", 1)[1].splitlines():
+        match = _ROW.match(line)
+        if match:
+            rows[f"{BASE}.{match.group(2)}" if match.group(2) else BASE] = line
+    unnamed = []
+    for package, row in rows.items():
+        folder = PACKAGE_ROOT.joinpath(*package.split(".")[1:])
+        for path in sorted(folder.glob("*.py")):
+            if path.stem.startswith("__"):
+                continue
+            name = path.name if package == BASE else path.stem
+            if not re.search(rf"`[^`]*\b{re.escape(name)}\b[^`]*`", row):
+                unnamed.append(f"{package}: {path.name}")
+    assert unnamed == [], f"modules {ARCHITECTURE.name}'s layer table does not name"
+
+
 def test_few_modules_outside_the_layer_packages():
     loose = sorted(p.name for p in PACKAGE_ROOT.glob("*.py") if p.name != "__init__.py")
     assert len(loose) <= MAX_BASE_MODULES, f"modules directly in arihpc/: {loose}"

@@ -9,7 +9,7 @@ failed -> the retry policy. Only this process writes the store. Killed at any mo
 run recovers.
 
 Batching: MOUS seen to take seconds go to a MOUS slot several at a time, one dask task run
-one after another (``batching`` settings, ``campaign_outcomes.Pace``).
+one after another (``batching`` settings, ``outcomes.Pace``).
 
 Staging: with I/O slots (``storage.io-slots``), the fetch of the next MOUS runs ahead of compute
 (within ``storage.staging-gb`` of raw data), so a MOUS slot does not wait for a download.

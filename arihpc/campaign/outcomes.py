@@ -1,6 +1,6 @@
 """What the orchestrator does with each outcome: the store's updates, resumes and retries.
 
-A mixin of ``campaign.Orchestrator``, whose state it uses (store, profile, items, futures,
+A mixin of ``orchestrator.Orchestrator``, whose state it uses (store, profile, items, futures,
 tally): done; yielded or interrupted -> parked, to continue from its next stage on a worker
 with time enough; failed -> the retry policy. Attempts that end are written together, once a
 round (``_flush``).

@@ -118,7 +118,7 @@ class WorkerPool:
 
 def slots_held(futures: dict) -> dict[str, int]:
     """MOUS slots the orchestrator's tasks hold, per worker: one for each computing task
-    (``futures``: future -> its ``campaign.Item``s, one MOUS or a batch of short ones)."""
+    (``futures``: future -> its ``outcomes.Item``s, one MOUS or a batch of short ones)."""
     held: dict[str, int] = {}
     for items in futures.values():
         if items[0].phase == "computing" and items[0].worker:

@@ -1,5 +1,4 @@
-"""The catalog: real ALMA archive exports read into one record per MOUS, the ARI-L selection
-and the campaign's order. Pure functions over MOUS records, no I/O but reading input files.
-
-May import: the base modules (mous, errors, config). Must not import any other package.
+"""The catalog: ALMA archive exports read into one record per MOUS, the ARI-L selection
+and the priority order. Pure functions; no I/O but reading the input files.
+May import: the base modules (mous, errors, config). Must not import any package.
 """

@@ -1,5 +1,4 @@
-"""The ``arihpc`` command (click): ``main`` (the group, global options), one module per command
-group, ``common`` (output formats, the store of --store). The only layer that prints.
-
+"""The ``arihpc`` command (click): ``main`` (group, global options), ``common`` (output
+formats, the --store store), one module per command group. The only layer that prints.
 May import: every layer. Nothing imports it.
 """

@@ -1,6 +1,4 @@
-"""The demo: a whole small campaign on this machine (``arihpc demo``): invented MOUS, their
-archive exports and raw data served over HTTP (``archive``), and the demo's folder, store and
-local site (``campaign``).
-
-May import: every layer before it. Must not import cli.
+"""The demo: a whole small campaign on this machine (``arihpc demo``): invented MOUS,
+their archive and HTTP server (``archive``), its folder, store and local site (``campaign``).
+May import: the layers before it. Must not import cli.
 """

@@ -3,7 +3,7 @@
 - ``write_export``: an ALMA Archive Query TSV export (``aq-tsv``) of the rows;
 - ``build_archive``: the raw data of each MOUS in ``ARCHIVE/<uid>/`` with its MANIFEST.json (the
   layout arihpc.runner.fetch reads): a real ALMA measurement set from CASA's simulator
-  (``casa_payload simulate``), or a few MB of random bytes for the emulated payload;
+  (``casa_stages simulate``), or a few MB of random bytes for the emulated payload;
 - ``write_datalink``: a DataLink VOTable giving each MOUS's raw size (its ``#progenitor`` files),
   as the archive's DataLink service does;
 - ``serve``: the archive over HTTP on 127.0.0.1, in a thread of this process.

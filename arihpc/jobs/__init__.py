@@ -1,7 +1,4 @@
-"""Old module paths, kept only for batch job scripts written before the packages of
-docs/architecture.md: every arihpc job script so far preloads ``arihpc.jobs.worker_watch``,
-and hand-written ones may run ``python -m arihpc.jobs.runner``. Both now live in
-``arihpc.runner``; new job scripts name that.
-
+"""Old module paths that job scripts written before this package layout name: the
+``arihpc.jobs.worker_watch`` preload and ``python -m arihpc.jobs.runner`` (now arihpc.runner).
 May import: the runner, to alias it. Must not be imported by anything in arihpc.
 """

@@ -1,6 +1,6 @@
 """Plan a campaign before it starts: Monte Carlo runs of a discrete-event simulation.
 
-Each run draws every MOUS's run time (the size model of ``planning.py`` with its scatter, or
+Each run draws every MOUS's run time (the size model of ``model.py`` with its scatter, or
 the study's distribution when no sizes are known), its failures (a rate per class, the retry
 policy of ``arihpc.failures.retry``) and its re-runs, then plays the campaign out: the MOUS in
 priority order, each to the MOUS slot that frees first among the node classes that take it (a

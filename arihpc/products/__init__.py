@@ -1,7 +1,4 @@
-"""ARI-L products: the qa, preview and package stages (``stages``, run as ``python -m``) and
-what they use: computed FITS keywords, ARIQA against the archived QA2 images, PNG previews,
-completed headers, the ari_l/ folder, its README and the tar for ingestion.
-
-May import: the base modules and the runner (work directory, manifest). Must not import the
-campaign or later.
+"""ARI-L products: the qa, preview and package stages and what they use: computed
+keywords, ARIQA against the archived QA2 images, previews, headers, the ari_l/ folder and tar.
+May import: the layers before it. Must not import the campaign or later layers.
 """

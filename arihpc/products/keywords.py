@@ -302,7 +302,8 @@ def _complete_standard(hdul: fits.HDUList) -> None:
 def _set(header: fits.Header, key: str, value: Any) -> None:
     """One documented arihpc keyword, its KEYWORDS entry as the comment."""
     if key not in KEYWORDS:
-        raise ProductError(f"keyword {key} is not one arihpc documents (fits_keywords.KEYWORDS)")
+        raise ProductError(f"keyword {key} is not one arihpc documents "
+                           "(arihpc.products.keywords.KEYWORDS)")
     if isinstance(value, str) and not (value.isascii() and value.isprintable()):
         raise ProductError(f"{key} = {value!r}: FITS text must be printable ASCII")
     if isinstance(value, (np.generic, float)):

@@ -12,7 +12,8 @@ from pathlib import Path
 import arihpc
 from arihpc.mous import parse_uid
 
-# Product kinds as casa_payload names them (".cube." / ".cont." in the name), and ALMA's ".mfs.".
+# Product kinds as the CASA export stage names them (".cube." / ".cont." in the name), and
+# ALMA's ".mfs.".
 KINDS = {"cube": "cube, full spectral resolution, one spw",
          "cont": "continuum over the source's spws",
          "mfs": "continuum (mfs) of one spw"}

@@ -1,6 +1,6 @@
 """The leader of a stage's process group: no orphan CASA.
 
-The runner starts every stage command as ``python -S .../arihpc/jobs/guard.py -- ARGV...`` in a
+The runner starts every stage command as ``python -S .../arihpc/runner/guard.py -- ARGV...`` in a
 new session. The guard runs ARGV in its own process group and kills the whole group when
   * its parent (the dask worker or the runner) dies: it is re-parented, which it polls for,
   * it gets SIGTERM (the batch system's walltime kill, or the runner stopping the stage).
