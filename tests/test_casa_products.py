@@ -165,7 +165,8 @@ def test_products_pass_fitsverify_with_history_and_computed_keywords(campaign):
         header = fits.getheader(product)
         history = "\n".join(str(h) for h in header["HISTORY"])
         for needed in (f"mous: {UID}", "casa: 6.7.0", "imaging:", "robust=0.5", "arihpc:",
-                       "grid: cell="):
+                       "grid: cell=", "threshold:", "bandwidth: EFFECTIVE_BW of the",
+                       "bandwidth=EFFECTIVE_BW of the"):
             assert needed in history, needed
         for key in fits_keywords.KEYWORDS:
             if key != "ARIPKCH" or ".cube." in product.name:

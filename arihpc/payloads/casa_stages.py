@@ -32,9 +32,10 @@ import time
 import traceback
 from pathlib import Path
 
+from arihpc import config
 from arihpc.errors import ArihpcError, InvalidUid
-from arihpc.mous import disk_name, parse_uid
-from arihpc.payloads import casa_config
+from arihpc.mous import cycle_of, disk_name, parse_uid
+from arihpc.payloads import bandwidth, casa_config
 from arihpc.payloads.casa_simulate import simulate, spw_setup
 from arihpc.runner.plans import stage_parser
 from arihpc.runner.workdir import write_json_atomic
@@ -218,7 +219,7 @@ def _name_of(source: str, intents: list[str]) -> str:
 
 
 def _clean(vis: list[str], image: Path, source: dict, spws: list[int], kind: str,
-           geometry: Geometry, args: argparse.Namespace) -> None:
+           geometry: Geometry, threshold_jy: float, args: argparse.Namespace) -> None:
     """One tclean run: ``kind`` cube (native channels, common beam) or cont (mfs)."""
     from casatasks import tclean
 
@@ -227,7 +228,8 @@ def _clean(vis: list[str], image: Path, source: dict, spws: list[int], kind: str
                   cell=f"{geometry.cell_arcsec}arcsec",
                   gridder="mosaic" if source["fields"] > len(vis) else "standard",
                   weighting="briggs", robust=args.robust, niter=args.niter,
-                  threshold="0mJy", deconvolver="hogbom", pbcor=True, interactive=False)
+                  threshold=f"{threshold_jy:.6g}Jy", deconvolver="hogbom", pbcor=True,
+                  interactive=False)
     if kind == "cube":
         # nearest: every native channel keeps data (linear can leave an edge channel blank).
         params.update(specmode="cube", outframe="LSRK", interpolation="nearest",
@@ -239,11 +241,20 @@ def _clean(vis: list[str], image: Path, source: dict, spws: list[int], kind: str
         raise PayloadError(f"Error in tclean: {image}.image.pbcor was not written")
 
 
+def _effective_widths(vis: list[str], workdir: Path, args: argparse.Namespace):
+    observed = bandwidth.observe(vis)
+    cycle = cycle_of(args.project) if args.project else None
+    widths = bandwidth.effective_bandwidth(observed, cycle, [workdir / "fetch", args.delivery])
+    log.info("effective bandwidth from %s", widths.source)
+    return observed, widths
+
+
 def image(workdir: Path, disk: str, args: argparse.Namespace) -> None:
     summary = _read_json(workdir / "restore" / "summary.json", "restore")
     vis = [str(workdir / ms["path"]) for ms in summary["ms"]]
     setups = {spw["id"]: spw for spw in summary["spws"]}
     out = _reset(workdir / "image")
+    observed, widths = _effective_widths(vis, workdir, args)
     images = []
     for name, source in sorted(summary["sources"].items()):
         spws = source["spws"]
@@ -253,13 +264,16 @@ def image(workdir: Path, disk: str, args: argparse.Namespace) -> None:
         jobs.append((spws, f"spw{'_'.join(map(str, spws))}.cont", "cont"))
         for selected, label, kind in jobs:
             base = out / f"{stem}.{label}"
-            _clean(vis, base, dict(source, name=name), selected, kind, geometry, args)
+            noise = bandwidth.image_noise(observed, widths, selected)
+            _clean(vis, base, dict(source, name=name), selected, kind, geometry,
+                   noise["threshold_jy"], args)
             nchan = setups[selected[0]]["nchan"] if kind == "cube" else 1
             images.append({"name": base.name, "image": f"image/{base.name}.image.pbcor",
                            "source": name, "spws": selected, "kind": kind, "nchan": nchan,
-                           **dataclasses.asdict(geometry)})
+                           **dataclasses.asdict(geometry), **noise})
+    imaging = {**_imaging_parameters(args), "bandwidth": widths.source}
     write_json_atomic(out / "products.json", {"uid": summary["uid"], "images": images,
-                                              "imaging": _imaging_parameters(args)})
+                                              "imaging": imaging})
     log.info("imaged %d product(s)", len(images))
 
 
@@ -269,12 +283,17 @@ def _imaging_parameters(args: argparse.Namespace) -> dict:
 
     return {"casa": casatools.version_string(), "task": "tclean", "weighting": "briggs",
             "robust": args.robust, "niter": args.niter, "deconvolver": "hogbom",
+            "threshold": f"{config.get('imaging.threshold-sigma')} x expected noise",
             "cell": f"{args.cell_arcsec}arcsec" if args.cell_arcsec else "beam/5",
             "max_imsize": args.max_imsize,
             "cube": "native channels, LSRK, common beam", "pbcor": True}
 
 
 # ---- export -------------------------------------------------------------------------------
+
+# What export/products.json says of each product, from image/products.json.
+EXPORTED_KEYS = ("source", "spws", "kind", "nchan", "cell_arcsec", "imsize", "threshold_jy",
+                 "expected_noise_jy", "effective_bw_hz", "bandwidth_source")
 
 def export(workdir: Path, disk: str, args: argparse.Namespace) -> None:
     from casatasks import exportfits
@@ -290,8 +309,7 @@ def export(workdir: Path, disk: str, args: argparse.Namespace) -> None:
         if not fits.is_file():
             raise PayloadError(f"Error in exportfits: {fits} was not written")
         products.append({"fits": f"export/{fits.name}", "bytes": fits.stat().st_size,
-                         **{k: item[k] for k in ("source", "spws", "kind", "nchan",
-                                                 "cell_arcsec", "imsize")}})
+                         **{k: item[k] for k in EXPORTED_KEYS if k in item}})
     write_json_atomic(out / "products.json", {"uid": made["uid"], "products": products,
                                               "imaging": made.get("imaging", {})})
     log.info("exported %d FITS file(s)", len(products))
@@ -322,6 +340,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-imsize", type=int, default=512, help="image: pixels per side")
     parser.add_argument("--cell-arcsec", type=float, default=None,
                         help="image: pixel size (default: a fifth of the synthesized beam)")
+    parser.add_argument("--project", default=None,
+                        help="image: ALMA project code (its cycle picks the effective-bandwidth "
+                             "source)")
+    parser.add_argument("--delivery", type=Path, default=None,
+                        help="image: the MOUS's delivery folder (an .aot there is read for "
+                             "cycle 2)")
     parser.add_argument("--source", default="SimSource", help="simulate: source name")
     parser.add_argument("--spw", type=spw_setup, action="append",
                         help="simulate: FREQ_GHZ:NCHAN of one spw (repeat; default 230:8 232:16)")

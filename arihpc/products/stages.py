@@ -94,6 +94,20 @@ def _provenance(made: dict, args: argparse.Namespace) -> dict[str, str]:
             "imaging": " ".join(f"{k}={v}" for k, v in imaging.items()) or "unknown"}
 
 
+def _made_how(item: dict) -> dict[str, str]:
+    """The HISTORY entries of one product: its grid, and its cleaning threshold with the
+    source of the effective bandwidth behind it."""
+    made = {}
+    if "cell_arcsec" in item:
+        made["grid"] = f"cell={item['cell_arcsec']}arcsec imsize={item['imsize']}"
+    if "threshold_jy" in item:
+        made["threshold"] = (f"{item['threshold_jy']:.4g} Jy (expected noise "
+                             f"{item['expected_noise_jy']:.4g} Jy, effective bandwidth "
+                             f"{item['effective_bw_hz']:.6g} Hz)")
+        made["bandwidth"] = str(item["bandwidth_source"])
+    return made
+
+
 def _completed_products(workdir: Path, made: dict, provenance: dict, verdicts: dict,
                         into: Path) -> list[Path]:
     """Copies of the exported FITS with completed headers, in ``into``."""
@@ -104,10 +118,8 @@ def _completed_products(workdir: Path, made: dict, provenance: dict, verdicts: d
         path = workdir / item["fits"]
         stats = keywords.ImageStats(**measured[path.name])
         extra = {"ARIQA": verdicts.get(path.name, "not-assessed")}
-        grid = {"grid": f"cell={item['cell_arcsec']}arcsec imsize={item['imsize']}"} \
-            if "cell_arcsec" in item else {}
         completed.append(keywords.complete_header(path, into / path.name, stats,
-                                                       {**provenance, **grid}, extra))
+                                                  {**provenance, **_made_how(item)}, extra))
     return completed
 
 

@@ -159,9 +159,12 @@ def casa_plan(task: MousTask) -> list[StageSpec]:
     if not task.options.get("source"):
         raise ValueError("the casa payload needs options['source'], the archive template")
     plan = [fetch_stage(task)]
-    casa = casa_command(task)
+    casa, delivery = casa_command(task), delivery_folder(task)
+    # The image stage reads the effective bandwidth by cycle, from an .aot for cycle 2.
+    known = {"--project": task.project, "--delivery": str(delivery) if delivery else None}
     for name in ("restore", "image", "export"):
         argv = [*casa, name, "--workdir", str(task.workdir), "--uid", task.uid]
+        argv += [a for k, v in known.items() if v for a in (k, v)] if name == "image" else []
         plan.append(StageSpec(name, argv, name, _predicted(name, task), _memory_limit(task)))
     return plan + product_stages(task)
 
