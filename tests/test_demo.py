@@ -148,3 +148,26 @@ def test_casa_demo_makes_fits_products_then_does_nothing(tmp_path):
         manifest = json.loads((directory / "archive" / disk_name(uid) / "MANIFEST.json")
                               .read_text())
         assert manifest["files"][0]["name"].endswith(".ms.tar")
+    _check_ms_store(directory, tmp_path)
+
+
+def _check_ms_store(directory: Path, tmp_path: Path) -> None:
+    """Every done MOUS's calibrated MS is in the demo's MS store; fetch restores it."""
+    from click.testing import CliRunner
+
+    from arihpc.cli.main import main
+
+    site = str(directory / "local.yaml")
+    listed = CliRunner().invoke(main, ["ms", "list", "--site", site, "--format", "json"])
+    assert listed.exit_code == 0, listed.output
+    rows = json.loads(listed.output)
+    assert len(rows) == 2, rows
+    for row in rows:
+        tar = Path(row["tar"])
+        assert tar.parent == directory / "ms-store" / disk_name(row["uid"])
+        assert Path(f"{tar}.sha256").read_text().split()[0] == row["sha256"]
+    fetched = CliRunner().invoke(main, ["ms", "fetch", rows[0]["uid"], "--site", site,
+                                        "--dest", str(tmp_path / "fetched")])
+    assert fetched.exit_code == 0, fetched.output
+    assert f"sha256 {rows[0]['sha256']} verified" in fetched.output
+    assert list((tmp_path / "fetched").glob("*.ms/table.dat"))

@@ -330,7 +330,8 @@ class Orchestrator(OutcomeRecorder):
 def campaign_options(profile: SiteProfile, extra: dict | None = None) -> dict:
     """Payload options from the site profile (archive, CASA installations), plus ``extra``."""
     return {"source": profile.archive, "casa": profile.casa, "imaging": profile.casa_imaging,
-            "delivery": profile.delivery, **(extra or {})}
+            "delivery": profile.delivery, "ms-store": profile.storage.ms_store,
+            "ms-retention-years": profile.storage.ms_retention_years, **(extra or {})}
 
 
 def run_site(store: CampaignStore, profile: SiteProfile, payload: str, options: dict,

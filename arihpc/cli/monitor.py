@@ -55,6 +55,10 @@ def status_command(ctx: click.Context, output: str, sites: tuple[str, ...]) -> N
                    f"{item['stage'] or 'first'}")
     for name, numbers in report["resources"].items():
         click.echo(_resource_line(name, numbers))
+    for name, kept in report["ms_store"].items():
+        click.echo(f"site {name}: calibrated MS kept {kept['kept']} ({kept['bytes'] / 1e9:.2f} GB) "
+                   f"in {kept['template']}, {kept['expired']} past retention; first to expire "
+                   f"{kept['first_retain_until'] or 'none'}")
 
 
 def _resource_line(site: str, n: dict) -> str:

@@ -10,6 +10,7 @@ Everything lives in one directory D (default ``./arihpc-demo``)::
     D/datalink.xml      a DataLink VOTable: the raw size of each MOUS in the archive
     D/local.yaml        the site profile: this machine (dask LocalCluster), two MOUS at a time
     D/work/<uid>/       each MOUS's work directory; products under export/
+    D/ms-store/<uid>/   each MOUS's calibrated MS, one tar with its sha256 (arihpc ms list|fetch)
 
 The raw data (arihpc.demo.archive) are real ALMA measurement sets from CASA's simulator when CASA
 is installed, and the ``casa`` payload images them; without CASA a few MB of random bytes stand
@@ -73,6 +74,10 @@ class Demo:
     @property
     def work(self) -> Path:
         return self.directory / "work"
+
+    @property
+    def ms_store(self) -> Path:
+        return self.directory / "ms-store"
 
     @property
     def profile(self) -> Path:
@@ -156,7 +161,8 @@ def write_profile(demo: Demo, archive_url: str) -> SiteProfile:
         "node-classes": {"local": {"cores": SLOTS, "memory": f"{2 * SLOTS}GB",
                                    "slots": SLOTS}},
         "storage": {"kind": "local", "work-dir": str(demo.work),
-                    "scratch": str(demo.directory / "scratch"), "staging-gb": 5},
+                    "scratch": str(demo.directory / "scratch"), "staging-gb": 5,
+                    "ms-store": str(demo.ms_store / "{uid}"), "ms-retention-years": 3},
         "casa": {"imaging": "6.7.0.31", "installations": {"6.7.0.31": "pypi"}},
     }
     (demo.directory / "scratch").mkdir(exist_ok=True)

@@ -10,6 +10,7 @@ from typing import Mapping
 
 from arihpc.errors import ProfileError
 from arihpc.monitor import live, stats
+from arihpc.products import ms_store
 from arihpc.sites.profile import SiteProfile, load_profile
 from arihpc.store.campaign import CampaignStore
 
@@ -80,4 +81,23 @@ def status_report(store: CampaignStore, profiles: Mapping[str, SiteProfile | Non
         report["progress"] = stats.StateCounts(conn).progress()
     report["resources"] = {name: resources_of(now)
                            for name, now in site_views(store, profiles).items()}
+    report["ms_store"] = ms_store_view(profiles)
     return report
+
+
+def ms_store_view(profiles: Mapping[str, SiteProfile | None]) -> dict[str, dict]:
+    """Per site that keeps calibrated MS (storage.ms-store): its template, the MS kept, their
+    bytes, the earliest retention date, and how many are past it."""
+    found = {}
+    for name, site_profile in profiles.items():
+        template = site_profile.storage.ms_store if site_profile else None
+        if template:
+            records = ms_store.kept(template)
+            found[name] = {"template": template, "kept": len(records),
+                           "bytes": sum(r["bytes"] for r in records),
+                           "expired": sum(r["expired"] for r in records),
+                           "first_retain_until": min((r["retain_until"] for r in records),
+                                                     default=None),
+                           "mous": [{k: r[k] for k in ("uid", "bytes", "sha256", "retain_until",
+                                                       "tar")} for r in records]}
+    return found

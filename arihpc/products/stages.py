@@ -7,6 +7,9 @@
   ARIQA table against the archived QA2 images of the delivery's ``product/`` folder
   (``qa/ariqa.ecsv``);
 - ``preview``: a PNG per product (``preview/``);
+- ``keep-ms`` (after restore, when the site has ``storage.ms-store``): the calibrated
+  measurement sets as one tar with its sha256 and retention date in the MS store
+  (arihpc.products.ms_store);
 - ``package``: the products with completed headers (HISTORY, standard and ARI* keywords), the
   ``ari_l/`` folder with README.txt and MANIFEST.sha256, and one tar for ingestion
   (``package/``); with ``products.publish-to-delivery``, ``ari_l/`` is also placed in the
@@ -35,7 +38,7 @@ import arihpc
 from arihpc import config
 from arihpc.errors import ArihpcError
 from arihpc.mous import disk_name, parse_uid
-from arihpc.products import ariqa, keywords, packaging, previews
+from arihpc.products import ariqa, keywords, ms_store, packaging, previews
 from arihpc.runner.plans import stage_parser
 from arihpc.runner.workdir import write_json_atomic
 
@@ -151,7 +154,22 @@ def package(workdir: Path, args: argparse.Namespace) -> None:
     log.info("packaged %d product(s) in %s", len(products), tar)
 
 
-STAGES = {"qa": qa, "preview": preview, "package": package}
+def keep_ms(workdir: Path, args: argparse.Namespace) -> None:
+    """The restored measurement sets as one tar in the site's MS store; a copy of its record
+    in ``keep-ms/kept.json``."""
+    if not args.ms_store:
+        raise ArihpcError("keep-ms needs --ms-store, the site's storage.ms-store template")
+    summary = workdir / "restore" / "summary.json"
+    if not summary.is_file():
+        raise ArihpcError(f"{summary} not found: run the restore stage first")
+    sets = [workdir / ms["path"] for ms in json.loads(summary.read_text())["ms"]]
+    out = _reset(workdir / "keep-ms")
+    record = ms_store.keep(sets, ms_store.folder_of(args.ms_store, args.uid), args.uid,
+                           args.retention_years)
+    write_json_atomic(out / "kept.json", record)
+
+
+STAGES = {"qa": qa, "preview": preview, "package": package, "keep-ms": keep_ms}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -160,6 +178,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="the MOUS's member folder in the ALMA delivery tree")
     parser.add_argument("--project", default=None, help="ALMA project code (ari_l layout)")
     parser.add_argument("--site", default=None, help="site name (default: $ARIHPC_SITE)")
+    parser.add_argument("--ms-store", default=None,
+                        help="keep-ms: the MS store's folder template with {uid}")
+    parser.add_argument("--retention-years", type=float, default=3,
+                        help="keep-ms: how long the kept MS is to stay")
     return parser
 
 

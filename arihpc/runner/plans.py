@@ -166,7 +166,18 @@ def casa_plan(task: MousTask) -> list[StageSpec]:
         argv = [*casa, name, "--workdir", str(task.workdir), "--uid", task.uid]
         argv += [a for k, v in known.items() if v for a in (k, v)] if name == "image" else []
         plan.append(StageSpec(name, argv, name, _predicted(name, task), _memory_limit(task)))
+    if task.options.get("ms-store"):
+        plan.insert(2, keep_ms_stage(task))          # right after restore
     return plan + product_stages(task)
+
+
+def keep_ms_stage(task: MousTask) -> StageSpec:
+    """keep-ms: the calibrated MS into the site's MS store (``options['ms-store']``)."""
+    argv = [sys.executable, "-m", "arihpc.products.stages", "keep-ms",
+            "--workdir", str(task.workdir), "--uid", task.uid,
+            "--ms-store", str(task.options["ms-store"]),
+            "--retention-years", str(task.options.get("ms-retention-years", 3))]
+    return StageSpec("keep-ms", argv, "keep-ms", _predicted("keep-ms", task), _memory_limit(task))
 
 
 def _nothing(_output_folder: Path) -> None:

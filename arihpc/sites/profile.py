@@ -52,6 +52,8 @@ class Storage:
     io_slots: int
     stripe_count: int
     stripe_min_gb: float
+    ms_store: str | None = None        # folder template with {uid}: each MOUS's calibrated MS
+    ms_retention_years: float = 3
 
 
 @dataclass(frozen=True)
@@ -216,7 +218,19 @@ def _storage(reader: _Reader, value: Any, defaults: dict) -> Storage:
         io_slots=_number(reader, "storage.io-slots", fields["io-slots"], 0, integer=True),
         stripe_count=_number(reader, "storage.stripe-count", fields["stripe-count"], 1,
                              integer=True),
-        stripe_min_gb=_number(reader, "storage.stripe-min-gb", fields["stripe-min-gb"]))
+        stripe_min_gb=_number(reader, "storage.stripe-min-gb", fields["stripe-min-gb"]),
+        ms_store=_ms_store(reader, fields["ms-store"]),
+        ms_retention_years=_number(reader, "storage.ms-retention-years",
+                                   fields["ms-retention-years"]))
+
+
+def _ms_store(reader: _Reader, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or "{uid}" not in value:
+        raise reader.fail("storage.ms-store", f"{value!r} is not a path template with {{uid}}",
+                          "e.g. /archive/ari-l-ms/{uid}")
+    return value
 
 
 def _casa(reader: _Reader, value: Any) -> tuple[dict[str, str], str]:
