@@ -197,7 +197,8 @@ def test_the_delivery_tree_is_unchanged_and_the_tar_manifest_verifies(campaign):
     (tar,) = (campaign["workdir"] / "package").glob("*.tar")
     assert tar.name == f"{DISK}.ari_l.tar"
     # published beside the delivery: no third copy of the products is left in the work folder
-    assert sorted(p.name for p in tar.parent.iterdir()) == [tar.name]
+    # (the tar, and the package stage's own score for the weblog)
+    assert sorted(p.name for p in tar.parent.iterdir()) == ["score.json", tar.name]
     assert packaging.verify_tar(tar) == []
     listing = subprocess.run(["tar", "-tf", str(tar)], capture_output=True, text=True,
                              check=True, timeout=60).stdout.split()

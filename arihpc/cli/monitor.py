@@ -53,6 +53,8 @@ def status_command(ctx: click.Context, output: str, sites: tuple[str, ...]) -> N
     for item in report["running"]:
         click.echo(f"running: {item['uid']} at {item['site']}, next stage "
                    f"{item['stage'] or 'first'}")
+    for item in report["failed"]:
+        click.echo(f"failed: {item['uid']} ({item['error_class']}): {item['message']}")
     for name, numbers in report["resources"].items():
         click.echo(_resource_line(name, numbers))
     for name, kept in report["ms_store"].items():

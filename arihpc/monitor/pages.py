@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from importlib import resources as package_files
+from pathlib import Path
 from typing import Mapping
 
 import jinja2
@@ -174,6 +175,16 @@ def overview_page(store: CampaignStore, profiles: Mapping[str, SiteProfile | Non
                    resources or live_resources(), nav, refresh)
 
 
+def weblog_section(found: list[dict]) -> dict:
+    """The report's list of MOUS done or failed, each linked to its weblog when it has one."""
+    rows = [[item["uid"], item["site"] or "-", item["state"],
+             {"text": "weblog", "href": Path(item["weblog"]).as_uri()} if item["weblog"]
+             else "no weblog here"] for item in found]
+    return {"id": "weblogs", "title": "MOUS weblogs", "notes": [], "figures": [],
+            "tables": [_table("weblogs", "Each MOUS done or failed", ["MOUS", "site", "state",
+                                                                     "weblog"], rows)]}
+
+
 def report(store: CampaignStore, profiles: Mapping[str, SiteProfile | None]) -> str:
     """One self-contained HTML file: the campaign, then each site, with BokehJS inlined."""
     numbers, nows = views.read_numbers(store), views.site_views(store, profiles)
@@ -184,6 +195,7 @@ def report(store: CampaignStore, profiles: Mapping[str, SiteProfile | None]) -> 
         section["tables"] = now_tables(nows[name]) + section["tables"]
         sections.append(section)
         plots.update(site_plots)
+    sections.append(weblog_section(views.weblogs(store, profiles)))
     subtitle = (f"arihpc {__version__} · report written {when(time.time())} · "
                 f"store {store.engine.url.render_as_string(hide_password=True)}")
     inline = Resources(mode="inline", components=BOKEH_COMPONENTS).render()

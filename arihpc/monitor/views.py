@@ -6,10 +6,13 @@ call the same functions, so they agree by construction and the tests check that 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Mapping
 
+from arihpc import config
 from arihpc.errors import ProfileError
 from arihpc.monitor import live, stats
+from arihpc.mous import disk_name
 from arihpc.products import ms_store
 from arihpc.sites.profile import SiteProfile, load_profile
 from arihpc.store.campaign import CampaignStore
@@ -75,10 +78,13 @@ def resources_of(now: dict) -> dict:
 
 def status_report(store: CampaignStore, profiles: Mapping[str, SiteProfile | None]) -> dict:
     """``arihpc status --format json`` and ``/api/status``: the store's counts, the progress
-    by state, and per site its batch jobs, workers and memory in use."""
+    by state, the latest failed MOUS with their reasons, and per site its batch jobs,
+    workers and memory in use."""
     report = store.status()
     with store.engine.connect() as conn:
         report["progress"] = stats.StateCounts(conn).progress()
+    # Why the latest failed MOUS were not packaged (a low stage score, a CASA error, ...).
+    report["failed"] = store.failed_mous(int(config.get("monitor.status-failed")))
     report["resources"] = {name: resources_of(now)
                            for name, now in site_views(store, profiles).items()}
     report["ms_store"] = ms_store_view(profiles)
@@ -100,4 +106,20 @@ def ms_store_view(profiles: Mapping[str, SiteProfile | None]) -> dict[str, dict]
                                                      default=None),
                            "mous": [{k: r[k] for k in ("uid", "bytes", "sha256", "retain_until",
                                                        "tar")} for r in records]}
+    return found
+
+
+WEBLOG = Path("weblog", "index.html")      # in a MOUS's work directory (arihpc.products.weblog)
+
+
+def weblogs(store: CampaignStore, profiles: Mapping[str, SiteProfile | None]) -> list[dict]:
+    """Each MOUS done or failed with the path of its weblog, <work-dir>/<uid>/weblog/index.html
+    under its site's profile, or None when that file is not on this machine."""
+    found = []
+    for uid, site, state in store.ended_mous():
+        site_profile = profiles.get(site) if site else None
+        path = (Path(site_profile.storage.work_dir) / disk_name(uid) / WEBLOG
+                if site_profile is not None else None)
+        found.append({"uid": uid, "site": site, "state": state,
+                      "weblog": str(path.resolve()) if path and path.is_file() else None})
     return found

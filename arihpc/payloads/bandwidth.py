@@ -14,7 +14,7 @@ averaging): the noise of a channel follows its *effective* width. Where that wid
 - otherwise the nominal ``CHAN_WIDTH``, and ``source`` says so and why.
 
 The expected noise of an image is the radiometer equation over every cross-correlation row of
-its spws: ``SEFD / (eta_q * sqrt(npol * dnu_eff * sum(EXPOSURE)))``, with
+its spws: ``SEFD / (eta_q * sqrt(2 * npol * dnu_eff * sum(EXPOSURE)))``, with
 ``SEFD = 2 k Tsys / (eta_a * pi (D/2)**2)`` and a typical Tsys of the spw's ALMA band
 (``imaging.tsys-k``). The threshold is ``imaging.threshold-sigma`` times that noise.
 """
@@ -82,7 +82,8 @@ def expected_noise_jy(effective_hz: float, exposure_s: float, npol: int, freq_hz
     area = float(config.get("imaging.aperture-efficiency")) * math.pi * (dish_m / 2) ** 2
     sefd = 2 * BOLTZMANN * tsys / area / JY
     eta_q = float(config.get("imaging.quantization-efficiency"))
-    return sefd / (eta_q * math.sqrt(npol * effective_hz * exposure_s))
+    # exposure_s sums over baselines, N(N-1)/2 of them: the equation has N(N-1), hence the 2.
+    return sefd / (eta_q * math.sqrt(2 * npol * effective_hz * exposure_s))
 
 
 def threshold_jy(noise_jy: float) -> float:

@@ -13,7 +13,10 @@
 - ``package``: the products with completed headers (HISTORY, standard and ARI* keywords), the
   ``ari_l/`` folder with README.txt and MANIFEST.sha256, and one tar for ingestion
   (``package/``); with ``products.publish-to-delivery``, ``ari_l/`` is also placed in the
-  delivery's member folder. Nothing else in the delivery tree is touched.
+  delivery's member folder. Nothing else in the delivery tree is touched. Every stage before
+  is scored first (``scores``); one below ``products.min-stage-score`` stops it with
+  ``arihpc: not packaged: ...`` (class low-score). The weblog (``weblog``) goes into
+  ``ari_l/weblog/index.html`` and ``DIR/weblog/index.html``.
 
 ``--delivery`` is the MOUS's member folder in the ALMA delivery tree (``product/``, README,
 scripts). A stage starts from an empty output folder; a failure ends with
@@ -38,7 +41,8 @@ import arihpc
 from arihpc import config
 from arihpc.errors import ArihpcError
 from arihpc.mous import disk_name, parse_uid
-from arihpc.products import ariqa, keywords, ms_store, packaging, previews
+from arihpc.products import ariqa, keywords, ms_store, packaging, previews, scores, weblog
+from arihpc.runner.manifest import write_manifest
 from arihpc.runner.plans import stage_parser
 from arihpc.runner.workdir import write_json_atomic
 
@@ -126,8 +130,37 @@ def _completed_products(workdir: Path, made: dict, provenance: dict, verdicts: d
     return completed
 
 
+def _refuse(workdir: Path, uid: str, found: dict, minimum: float) -> None:
+    """ARIQA layer 2: raise LowScore (class low-score) when a stage scored below ``minimum``,
+    after writing DIR/weblog/index.html that says why."""
+    low = scores.lowest(found, minimum)
+    if low is None:
+        return
+    reason = scores.not_packaged_reason(*low, minimum)
+    weblog.write_weblog(workdir, uid, found, reason, False, workdir)
+    raise scores.LowScore(reason)
+
+
+def _score_package(workdir: Path, args: argparse.Namespace, found: dict, minimum: float,
+                   ari_l: Path, tar_name: str) -> None:
+    """The package stage's own score, then the weblog into ari_l/ (and its manifest) and
+    into DIR/weblog/."""
+    checks = scores.package_checks(sorted((ari_l / "product").glob("*.fits")), ari_l)
+    found["package"] = scores.score_of(checks)
+    scores.write_package_score(workdir, found["package"])
+    _refuse(workdir, args.uid, found, minimum)
+    decision = f"packaged for ingestion: {tar_name}"
+    weblog.write_weblog(workdir, args.uid, found, decision, True, ari_l)
+    write_manifest(ari_l)                   # the weblog is part of ari_l/
+    weblog.write_weblog(workdir, args.uid, found, decision, True, workdir)
+
+
 def package(workdir: Path, args: argparse.Namespace) -> None:
     made = _exported(workdir)
+    minimum = float(config.get("products.min-stage-score"))
+    found = scores.score_stages(workdir, [s for s in scores.checkpointed_stages(workdir)
+                                          if s != "package"])
+    _refuse(workdir, args.uid, found, minimum)
     table_path = workdir / "qa" / ARIQA_FILE
     if not table_path.is_file():
         raise ArihpcError(f"{table_path} not found: run the qa stage first")
@@ -144,7 +177,9 @@ def package(workdir: Path, args: argparse.Namespace) -> None:
     readme = packaging.readme_text(args.uid, made["products"], rows, provenance)
     ari_l = packaging.build_ari_l(out / "tree", layout, products, qa_files, logs, readme)
     shutil.rmtree(out / "completed")
-    tar = packaging.write_tar(ari_l, out / f"{disk_name(args.uid)}.ari_l.tar")
+    tar_name = f"{disk_name(args.uid)}.ari_l.tar"
+    _score_package(workdir, args, found, minimum, ari_l, tar_name)
+    tar = packaging.write_tar(ari_l, out / tar_name)
     problems = packaging.verify_tar(tar)
     if problems:
         raise ArihpcError(f"{tar}: does not verify: {'; '.join(problems)}")

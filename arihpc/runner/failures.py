@@ -1,7 +1,7 @@
 """Failure classes from a stage's log, exit status and signal, with rules from arihpc.yaml.
 
 The classes: walltime, oom, download, disk-space, casa-version, unsupported-mode, importasdm,
-tclean, segfault, lock, unknown. Harmless lines (CASA's leap-second SEVERE) never count.
+tclean, segfault, lock, low-score, unknown. Harmless lines (CASA's leap-second SEVERE) never count.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Iterable
 from arihpc import config
 
 CLASSES = ("walltime", "oom", "download", "disk-space", "casa-version", "unsupported-mode",
-           "importasdm", "tclean", "segfault", "lock", "unknown")
+           "importasdm", "tclean", "segfault", "lock", "low-score", "unknown")
 
 
 @dataclass(frozen=True)

@@ -128,7 +128,8 @@ def _adopt(task: MousTask, stage: StageSpec) -> dict | None:
     record = {"stage": stage.name, "attempt": task.attempt, "start": report["start"],
               "end": report["end"], "wall_s": report["end"] - report["start"],
               "cpu_s": report["cpu_s"], "peak_rss": report["maxrss"],
-              "outputs": wd.output_sizes(task.workdir, stage.output_folder)}
+              "outputs": wd.output_sizes(task.workdir, stage.output_folder),
+              "command": list(stage.argv)}
     wd.write_checkpoint(task.workdir, stage.name, record)
     log.info("%s: %s finished after its runner died; checkpointed", task.uid, stage.name)
     return record
@@ -188,7 +189,8 @@ def _run_stages(task: MousTask, deadline: float | None, stop: threading.Event | 
         records[stage.name] = {
             "stage": stage.name, "attempt": task.attempt, "start": started, "end": time.time(),
             "wall_s": result.wall_s, "cpu_s": result.cpu_s, "peak_rss": result.peak_rss,
-            "outputs": wd.output_sizes(task.workdir, stage.output_folder)}
+            "outputs": wd.output_sizes(task.workdir, stage.output_folder),
+            "command": list(stage.argv)}        # the weblog shows it; the store ignores it
         wd.write_checkpoint(task.workdir, stage.name, records[stage.name])
         done.append(stage.name)
         if stage.name == task.last_stage and stage is not plan[-1]:

@@ -190,6 +190,28 @@ class CampaignStore(CatalogStore):
                 attempts.c.uid == uid, attempts.c.outcome == "failed",
                 attempts.c.error_class == error_class)).scalar_one()
 
+    def failed_mous(self, limit: int) -> list[dict]:
+        """The MOUS in state failed, the latest first (at most ``limit``), each with the class
+        and classifying line of its last failed attempt: why it was not packaged."""
+        last = (sa.select(attempts.c.uid, sa.func.max(attempts.c.id).label("id"))
+                .where(attempts.c.outcome == "failed").group_by(attempts.c.uid).subquery())
+        query = (sa.select(mous.c.uid, mous.c.site, attempts.c.error_class, attempts.c.message,
+                           attempts.c.ended_at)
+                 .join(last, last.c.uid == mous.c.uid).join(attempts, attempts.c.id == last.c.id)
+                 .where(mous.c.state == "failed")
+                 .order_by(attempts.c.ended_at.desc(), mous.c.uid).limit(limit))
+        with self._connect() as conn:
+            return [{"uid": r.uid, "site": r.site, "error_class": r.error_class,
+                     "message": r.message, "ended_at": r.ended_at}
+                    for r in conn.execute(query)]
+
+    def ended_mous(self) -> list[tuple[str, str | None, str]]:
+        """(uid, site, state) of every MOUS done or failed, by uid."""
+        with self._connect() as conn:
+            return [tuple(r) for r in conn.execute(
+                sa.select(mous.c.uid, mous.c.site, mous.c.state)
+                .where(mous.c.state.in_(("done", "failed"))).order_by(mous.c.uid))]
+
     def recover(self, site: str) -> int:
         """After an orchestrator of this site died: close its open attempts as lost and give
         its claimed MOUS back; their checkpoints make the next attempt resume. Returns count."""
