@@ -83,9 +83,9 @@ def _table(campaign: dict) -> Table:
     return Table.read(campaign["workdir"] / "qa" / "ariqa.ecsv", format="ascii.ecsv")
 
 
-def test_the_runner_runs_the_three_product_stages_after_export(campaign):
+def test_the_runner_runs_the_four_product_stages_after_export(campaign):
     assert campaign["outcome"].stages_run == (
-        "fetch", "restore", "image", "export", "qa", "preview", "package")
+        "fetch", "restore", "image", "export", "qa", "preview", "moments", "package")
 
 
 def test_ariqa_compares_every_product_with_its_qa2_image(campaign):

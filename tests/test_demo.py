@@ -149,6 +149,41 @@ def test_casa_demo_makes_fits_products_then_does_nothing(tmp_path):
                               .read_text())
         assert manifest["files"][0]["name"].endswith(".ms.tar")
     _check_ms_store(directory, tmp_path)
+    _check_lines_and_weblogs(directory)
+
+
+def _check_lines_and_weblogs(directory: Path) -> None:
+    """The injected line is found within one channel of its true frequency, in the line spw
+    only; every new FITS passes fitsverify; every done MOUS has a scored weblog."""
+    from astropy.table import Table
+    from fits_images import fitsverify
+
+    from arihpc.demo.archive import BAND_GHZ, CHANNEL_MHZ, demo_rows
+
+    checked = 0
+    for row in demo_rows(4):
+        work = directory / "work" / disk_name(row.uid)
+        if not work.is_dir():
+            continue                                # not selected
+        checked += 1
+        cube = next((work / "export").glob("*.spw1.cube.I.pbcor.fits"))
+        # The line is topocentric; the cube LSRK, shifted as its first channel is.
+        shift = fits.getheader(cube)["CRVAL3"] - (BAND_GHZ[row.band] + 2) * 1e9
+        truth = float(row.line.split(":")[0]) * 1e9 + shift
+        found = Table.read(next((work / "moments").glob("*.spw1.cube.I.lines.ecsv")))
+        assert len(found) == 1 and abs(found["freq_hz"][0] - truth) < CHANNEL_MHZ * 1e6
+        other = Table.read(next((work / "moments").glob("*.spw0.cube.I.lines.ecsv")))
+        assert len(other) == 0 and other.meta["comment"].startswith("no line above")
+        maps = sorted((work / "moments").glob("*.fits"))
+        assert [m.name.split(".")[-2] for m in maps] == ["mom0", "mom1", "mom8"]
+        for path in maps:
+            fitsverify(path)
+        weblog = (work / "weblog" / "index.html").read_text()
+        assert "http://" not in weblog and "https://" not in weblog
+        for stage in ("fetch", "restore", "keep-ms", "image", "export", "qa", "preview",
+                      "moments", "package"):
+            assert f'id="stage-{stage}"' in weblog, stage
+    assert checked == 2
 
 
 def _check_ms_store(directory: Path, tmp_path: Path) -> None:

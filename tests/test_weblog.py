@@ -174,16 +174,16 @@ def test_an_image_of_nan_pixels_only_scores_zero_and_a_beamless_one_less_than_on
 
 
 def test_a_missing_checkpoint_or_a_changed_output_fails_the_default_rule(tmp_path):
-    assert scores.score_stage(tmp_path, "moments").value == 0.0     # a stage with no rule
+    assert scores.score_stage(tmp_path, "new-stage").value == 0.0     # a stage with no rule
     _export(tmp_path, {"a.fits": (np.ones((4, 4)), True)})
     assert scores.score_stage(tmp_path, "export").value == 1.0
-    assert scores.RULES.get("moments") is None
-    wd.write_checkpoint(tmp_path, "moments", {**wd.read_checkpoint(tmp_path, "export"),
-                                              "stage": "moments"})
-    assert scores.score_stage(tmp_path, "moments").value == 1.0     # the default: finished
+    assert scores.RULES.get("new-stage") is None
+    wd.write_checkpoint(tmp_path, "new-stage", {**wd.read_checkpoint(tmp_path, "export"),
+                                              "stage": "new-stage"})
+    assert scores.score_stage(tmp_path, "new-stage").value == 1.0     # the default: finished
     with open(tmp_path / "export" / "a.fits", "ab") as f:
         f.write(b"\0" * 2880)
-    changed = scores.score_stage(tmp_path, "moments")
+    changed = scores.score_stage(tmp_path, "new-stage")
     assert changed.value == 0.5 and "resized" in changed.failed[0]
 
 
@@ -218,7 +218,7 @@ def test_the_rms_must_be_within_a_factor_of_the_expected_noise(tmp_path):
         far = scores.qa_checks(tmp_path)
     assert [c.reason for c in far if not c.passed] == [
         "member.x.I.pbcor.fits: rms 0.01 Jy/beam is 10.00 x the expected 0.001 "
-        "(allowed 1/3 to 3 x)"]
+        "(allowed 1/5 to 5 x)"]
     _image(tmp_path, None, "")              # no threshold_jy: not compared, with the reason
     assert all(c.passed for c in scores.qa_checks(tmp_path))
 

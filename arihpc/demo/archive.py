@@ -38,7 +38,11 @@ log = logging.getLogger(__name__)
 BUILD_JOBS = 2                  # raw data made at once (this is a 2-core machine)
 SIMULATE_TIMEOUT_S = 600
 DURATION_S = 120                # simulated time on source per spw
-CHANNELS = 4                    # per spw; two spws per MOUS
+CHANNELS = 4                    # of the continuum spw; two spws per MOUS
+LINE_CHANNELS = 8               # of the line spw, whose channel LINE_AT has a spectral line
+LINE_AT = 4
+CHANNEL_MHZ = 15.625            # the simulator's channel width (arihpc.payloads.casa_simulate)
+LINE_PEAK_JY, LINE_FWHM_MHZ = 0.5, 20.0
 BAND_GHZ = {3: 100.0, 6: 230.0, 7: 345.0}
 EMULATED_BYTES = 2 * 2**20
 
@@ -88,9 +92,16 @@ class DemoMous:
 
     @property
     def spws(self) -> list[str]:
-        """FREQ_GHZ:NCHAN of its two spws, in its band."""
+        """FREQ_GHZ:NCHAN of its two spws, in its band: continuum, then the line's."""
         base = BAND_GHZ[self.band]
-        return [f"{base:g}:{CHANNELS}", f"{base + 2:g}:{CHANNELS}"]
+        return [f"{base:g}:{CHANNELS}", f"{base + 2:g}:{LINE_CHANNELS}"]
+
+    @property
+    def line(self) -> str:
+        """FREQ_GHZ:PEAK_JY:FWHM_MHZ of its simulated line (topocentric), at the centre of
+        channel LINE_AT of its second spw."""
+        freq = BAND_GHZ[self.band] + 2 + LINE_AT * CHANNEL_MHZ / 1e3
+        return f"{freq:.7f}:{LINE_PEAK_JY:g}:{LINE_FWHM_MHZ:g}"
 
 
 def demo_rows(count: int) -> tuple[DemoMous, ...]:
@@ -185,7 +196,7 @@ def simulate(row: DemoMous, archive: Path, build: Path) -> None:
     shutil.rmtree(build, ignore_errors=True)
     argv = [sys.executable, "-m", "arihpc.payloads.casa_stages", "simulate", "--workdir", build,
             "--uid", row.uid, "--source", row.source, "--duration-s", DURATION_S,
-            "--seed", row.seed]
+            "--seed", row.seed, "--line", row.line]
     for spw in row.spws:
         argv += ["--spw", spw]
     run_command(argv, timeout=SIMULATE_TIMEOUT_S)

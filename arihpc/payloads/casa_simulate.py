@@ -27,8 +27,36 @@ def spw_setup(text: str) -> tuple[float, int]:
         raise argparse.ArgumentTypeError(f"{text!r}: expected FREQ_GHZ:NCHAN, e.g. 230:8") from None
 
 
-def _component_list(path: Path) -> None:
-    """1 Jy point source at the phase centre, 0.5 Jy Gaussian 6 arcsec north-east of it."""
+def line_setup(text: str) -> tuple[float, float, float]:
+    try:
+        freq, peak, fwhm = (float(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected FREQ_GHZ:PEAK_JY:FWHM_MHZ, e.g. 232.05:0.5:20") from None
+    return freq, peak, fwhm
+
+
+def _add_line(cl, line: tuple[float, float, float]) -> None:
+    """A point source 3 arcsec south of the phase centre with only a Gaussian spectral line:
+    a tabular spectrum sampled every FWHM/10 over +-3 FWHM. The frame must be given as LSRK
+    (TOPO is refused), but the simulator's predict evaluates the spectrum at the measurement
+    set's topocentric channel frequencies: the line lands at FREQ_GHZ topocentric, and the
+    LSRK cube shows it shifted as much as its first channel (tests/test_demo.py checks)."""
+    import numpy as np
+
+    freq_ghz, peak_jy, fwhm_mhz = line
+    offsets = np.linspace(-3, 3, 61) * fwhm_mhz * 1e6
+    flux = peak_jy * np.exp(-4 * np.log(2) * (offsets / (fwhm_mhz * 1e6)) ** 2)
+    cl.addcomponent(dir="J2000 10h00m00.0s -30d00m03s", flux=peak_jy, fluxunit="Jy",
+                    freq=f"{freq_ghz}GHz", shape="point")
+    cl.setspectrum(which=cl.length() - 1, type="tabular",
+                   tabularfreqs=(freq_ghz * 1e9 + offsets).tolist(),
+                   tabularflux=flux.tolist(), tabularframe="LSRK")
+
+
+def _component_list(path: Path, line: tuple[float, float, float] | None) -> None:
+    """1 Jy point source at the phase centre, 0.5 Jy Gaussian 6 arcsec north-east of it,
+    and with ``line`` a spectral line source."""
     import casatools
 
     cl = casatools.componentlist()
@@ -37,6 +65,8 @@ def _component_list(path: Path) -> None:
     cl.addcomponent(dir="J2000 10h00m00.3s -29d59m55s", flux=0.5, fluxunit="Jy", freq="231GHz",
                     shape="Gaussian", majoraxis="2arcsec", minoraxis="1arcsec",
                     positionangle="30deg")
+    if line:
+        _add_line(cl, line)
     cl.rename(str(path))
     cl.close()
 
@@ -67,7 +97,7 @@ def _simulate_ms(ms: Path, args: argparse.Namespace) -> None:
     for index in range(len(args.spw)):
         sm.observe(args.source, f"spw{index}", starttime=f"-{half}", stoptime=half)
     model = Path.cwd() / "model.cl"
-    _component_list(model)
+    _component_list(model, args.line)
     sm.predict(complist=str(model), incremental=False)
     sm.setseed(args.seed)
     sm.setnoise(mode="simplenoise", simplenoise=f"{args.noise_jy}Jy")

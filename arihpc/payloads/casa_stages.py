@@ -36,7 +36,7 @@ from arihpc import config
 from arihpc.errors import ArihpcError, InvalidUid
 from arihpc.mous import cycle_of, disk_name, parse_uid
 from arihpc.payloads import bandwidth, casa_config
-from arihpc.payloads.casa_simulate import simulate, spw_setup
+from arihpc.payloads.casa_simulate import line_setup, simulate, spw_setup
 from arihpc.runner.plans import stage_parser
 from arihpc.runner.workdir import write_json_atomic
 
@@ -349,6 +349,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--source", default="SimSource", help="simulate: source name")
     parser.add_argument("--spw", type=spw_setup, action="append",
                         help="simulate: FREQ_GHZ:NCHAN of one spw (repeat; default 230:8 232:16)")
+    parser.add_argument("--line", type=line_setup, default=None,
+                        help="simulate: a spectral line source FREQ_GHZ:PEAK_JY:FWHM_MHZ "
+                             "(topocentric), 3 arcsec south of the phase centre")
     parser.add_argument("--duration-s", type=float, default=300, help="simulate: time per spw")
     parser.add_argument("--noise-jy", type=float, default=0.1, help="simulate: per visibility")
     parser.add_argument("--seed", type=int, default=42, help="simulate: noise seed")

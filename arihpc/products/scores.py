@@ -270,7 +270,26 @@ def keep_ms_checks(workdir: Path) -> list[Check]:
             Check(True, f"kept until {record['retain_until']}")]
 
 
+def moments_checks(workdir: Path) -> list[Check]:
+    """A line list per cube; each moment map opens with finite pixels and has its preview."""
+    made = _json(workdir / "moments" / "products.json")
+    if made is None:
+        return [Check(False, "moments/products.json missing or unreadable")]
+    checks = [Check(True, f"{len(made['cubes'])} cube(s) searched for lines")]
+    for cube in made["cubes"]:
+        listing = workdir / "moments" / cube["lines"]
+        checks.append(Check(listing.is_file(), f"{cube['cube']}: {cube['comment']}"
+                            if listing.is_file() else f"{listing} missing"))
+        for name in cube["moments"]:
+            checks += _fits_checks(workdir / "moments" / name)
+            png = (workdir / "moments" / name).with_suffix(".png")
+            checks.append(Check(png.is_file(), f"{png.name} " +
+                                ("written" if png.is_file() else "missing")))
+    return checks
+
+
 RULES: dict[str, Callable[[Path], list[Check]]] = {
+    "moments": moments_checks,
     "keep-ms": keep_ms_checks,
     "fetch": lambda workdir: [],            # the outputs listed in its checkpoint: finished
     "restore": restore_checks,

@@ -7,6 +7,8 @@
   ARIQA table against the archived QA2 images of the delivery's ``product/`` folder
   (``qa/ariqa.ecsv``);
 - ``preview``: a PNG per product (``preview/``);
+- ``moments``: per cube a line list (ECSV) and, where a line is found, moment 0, 1 and 8 maps
+  with their previews (``moments/``, arihpc.products.lines);
 - ``keep-ms`` (after restore, when the site has ``storage.ms-store``): the calibrated
   measurement sets as one tar with its sha256 and retention date in the MS store
   (arihpc.products.ms_store);
@@ -41,7 +43,7 @@ import arihpc
 from arihpc import config
 from arihpc.errors import ArihpcError
 from arihpc.mous import disk_name, parse_uid
-from arihpc.products import ariqa, keywords, ms_store, packaging, previews, scores, weblog
+from arihpc.products import ariqa, keywords, lines, ms_store, packaging, previews, scores, weblog
 from arihpc.runner.manifest import write_manifest
 from arihpc.runner.plans import stage_parser
 from arihpc.runner.workdir import write_json_atomic
@@ -88,6 +90,27 @@ def preview(workdir: Path, args: argparse.Namespace) -> None:
     out = _reset(workdir / "preview")
     pngs = [previews.preview(path, out) for path in _fits(workdir, made)]
     log.info("wrote %d preview(s)", len(pngs))
+
+
+def moments(workdir: Path, args: argparse.Namespace) -> None:
+    """Per cube product: its line list (ECSV) and, with a line, moment 0, 1, 8 maps (FITS) and
+    their previews, in ``moments/``, described by ``moments/products.json``."""
+    made = _exported(workdir)
+    out = _reset(workdir / "moments")
+    found = [lines.analyse_cube(workdir / item["fits"], out)
+             for item in made["products"] if item.get("kind") == "cube"]
+    for cube in found:
+        for name in cube["moments"]:
+            previews.preview(out / name, out)
+    write_json_atomic(out / "products.json", {"uid": made["uid"], "cubes": found})
+    log.info("%d cube(s), %d with a line", len(found), sum(1 for c in found if c["found"]))
+
+
+def _moment_files(workdir: Path) -> tuple[list[Path], list[Path]]:
+    """(moment FITS, line lists and moment previews) of the moments stage, if it ran."""
+    folder = workdir / "moments"
+    return sorted(folder.glob("*.fits")), [*sorted(folder.glob("*.ecsv")),
+                                           *sorted(folder.glob("*.png"))]
 
 
 def _provenance(made: dict, args: argparse.Namespace) -> dict[str, str]:
@@ -170,8 +193,10 @@ def package(workdir: Path, args: argparse.Namespace) -> None:
     products = _completed_products(workdir, made, provenance,
                                    {r["product"]: str(r["verdict"]) for r in rows},
                                    out / "completed")
+    moment_maps, moment_qa = _moment_files(workdir)
+    products += moment_maps
     qa_files = [table_path, workdir / "qa" / KEYWORDS_FILE,
-                *sorted((workdir / "preview").glob("*.png"))]
+                *sorted((workdir / "preview").glob("*.png")), *moment_qa]
     logs = sorted(p for p in (workdir / "log").glob("*.log") if p.name != "package.log")
     layout = packaging.layout_of(args.delivery, args.uid, args.project)
     readme = packaging.readme_text(args.uid, made["products"], rows, provenance)
@@ -204,7 +229,8 @@ def keep_ms(workdir: Path, args: argparse.Namespace) -> None:
     write_json_atomic(out / "kept.json", record)
 
 
-STAGES = {"qa": qa, "preview": preview, "package": package, "keep-ms": keep_ms}
+STAGES = {"qa": qa, "preview": preview, "moments": moments, "package": package,
+          "keep-ms": keep_ms}
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -83,7 +83,10 @@ def _products_html(workdir: Path, record: dict) -> str:
     rows, outputs = [], sorted((record.get("outputs") or {}).items())
     shown = int(config.get("products.weblog-max-files"))
     for rel, size in outputs[:shown]:
-        png = workdir / "preview" / f"{Path(rel).stem}.png"
+        # A product's preview is in preview/; a moment map's beside it in moments/.
+        png = next((p for p in (workdir / "preview" / f"{Path(rel).stem}.png",
+                                workdir / Path(rel).with_suffix(".png")) if p.is_file()),
+                   workdir / "preview" / f"{Path(rel).stem}.png")
         image = (f'<img alt="preview of {_e(Path(rel).name)}" src="{data_uri(png)}">'
                  if rel.endswith(".fits") and png.is_file() else "")
         rows.append(f"<tr><td>{_e(rel)}</td><td>{size:,}</td><td>{image}</td></tr>")

@@ -21,7 +21,7 @@ from arihpc.runner.casa_version import choose_installation, detect_casa_version
 
 GB = 1e9
 FETCH_STAGE = "fetch"           # every plan starts with it; it may run ahead of compute
-PRODUCT_STAGES = ("qa", "preview", "package")
+PRODUCT_STAGES = ("qa", "preview", "moments", "package")
 log = logging.getLogger(__name__)
 
 
@@ -132,7 +132,8 @@ def casa_command(task: MousTask) -> list[str]:
 
 
 def product_stages(task: MousTask) -> list[StageSpec]:
-    """qa, preview, package (arihpc.products.stages): ARI-L products from the exported FITS."""
+    """qa, preview, moments, package (arihpc.products.stages): ARI-L products from the exported
+    FITS."""
     delivery, plan = delivery_folder(task), []
     for name in PRODUCT_STAGES:
         argv = [sys.executable, "-m", "arihpc.products.stages", name,
