@@ -6,6 +6,7 @@ Part of the command-line layer (arihpc/cli/main.py registers it): it prints.
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import sys
 import time
@@ -165,10 +166,27 @@ def _demo_summary(demo, store, elapsed_s: float) -> int:
         click.echo(f"  {r.row.uid}  {r.row.source}: {what}")
         for name, size in r.products:
             click.echo(f"      {name}  {_human(size)}")
-    click.echo(f"work directories: {demo.work}; site profile: {demo.profile}")
+        _by_products(r.workdir)
+    click.echo(f"work directories: {demo.work}; site profile: {demo.profile}; calibrated MS: "
+               f"arihpc ms list --site {demo.profile}")
     click.echo(f"look further: arihpc --store {demo.store_url} status  "
                "(or queue, catalog list, select --explain UID)")
     return failed
+
+
+def _by_products(workdir: Path) -> None:
+    """The lines found, the calibrated MS kept and the weblog of one MOUS, where made."""
+    for listing in sorted((workdir / "moments").glob("*.lines.ecsv")):
+        comment = next((ln for ln in listing.read_text().splitlines() if "comment:" in ln), "")
+        click.echo(f"      {listing.name}: {comment.split('comment:')[-1].strip(' }')}")
+    kept = workdir / "keep-ms" / "kept.json"
+    if kept.is_file():
+        record = json.loads(kept.read_text())
+        click.echo(f"      calibrated MS kept: {record['tar']} (sha256 {record['sha256'][:12]}..., "
+                   f"until {record['retain_until']})")
+    weblog = workdir / "weblog" / "index.html"
+    if weblog.is_file():
+        click.echo(f"      weblog: {weblog}")
 
 
 def _human(size: float) -> str:
