@@ -62,7 +62,7 @@ def test_simulated_mous_fetch_restore_image_export(archive, tmp_path):
     outcome = run_mous(task)
     assert outcome.status == "done", (outcome.error_class, outcome.message, outcome.log_lines)
     assert outcome.stages_run == ("fetch", "restore", "image", "export",
-                                  "qa", "preview", "moments", "package")     # no QA2: no-counterpart
+                                  "qa", "preview", "moments", "package")  # no QA2: no-counterpart
     summary = json.loads((task.workdir / "restore" / "summary.json").read_text())
     spws = summary["spws"]
     assert len(spws) == 2
