@@ -11,6 +11,9 @@
 #   ARIHPC_TEST_NO_SLURM=1    start no SLURM; a SLURM_CONF already set is left as it is
 #   ARIHPC_TEST_NO_APT=1      install no Debian packages
 #
+# The PostgreSQL it starts is named in ARIHPC_TEST_PG_CTL, ARIHPC_TEST_PG_DATA and ARIHPC_TEST_PG_USER
+# (pg_ctl, its data directory, the user it runs as): tests restart it with them.
+#
 # Each run has its own SLURM: state directory $TMPDIR/arihpc-test-slurm.XXXXXX, its own munged and
 # free ports picked at start, stopped and removed on exit. Two runs at once therefore do not clash;
 # both clusters' node is this host, so their jobs share its CPUs (each cluster believes it has all).
@@ -117,6 +120,9 @@ start_postgres() {
             start >/dev/null; then
             "$PG_BIN/createdb" -h 127.0.0.1 -p "$port" -U arihpc arihpc_test
             export ARIHPC_TEST_POSTGRES_URL="postgresql+psycopg://arihpc@127.0.0.1:$port/arihpc_test"
+            # What a test needs to restart this server under running orchestrators.
+            export ARIHPC_TEST_PG_CTL="$PG_BIN/pg_ctl" ARIHPC_TEST_PG_DATA="$PG_TMP/data"
+            export ARIHPC_TEST_PG_USER="$( ((${#AS_PG[@]})) && echo postgres || id -un)"
             say "PostgreSQL $("$PG_BIN/pg_ctl" --version | awk '{print $3}') on 127.0.0.1:$port ($PG_TMP)"
             return 0
         fi
