@@ -1,6 +1,6 @@
 """Shared fixtures and the component markers registered in setup.cfg ``[tool:pytest]``.
 
-A test marked ``postgres``, ``samples``, ``slurm``, ``pbs``, ``casa`` or ``browser`` runs only where
+A test marked ``postgres``, ``pg_restart``, ``samples``, ``slurm``, ``pbs``, ``casa`` or ``browser`` runs only where
 that real component is available. Elsewhere it is skipped with the reason and how to get the
 component; under CI (``CI=true``), where every component must be present, it fails instead.
 """
@@ -27,6 +27,14 @@ def _probe_postgres() -> str | None:
         return None
     return (f"{POSTGRES_URL_VAR} is not set: run scripts/test.sh, which installs and starts "
             "PostgreSQL")
+
+
+def _probe_pg_restart() -> str | None:
+    if _probe_postgres() is None and all(os.environ.get(f"ARIHPC_TEST_PG_{name}")
+                                         for name in ("CTL", "DATA", "USER")):
+        return None
+    return ("ARIHPC_TEST_PG_CTL/_DATA/_USER are not set: run scripts/test.sh, whose PostgreSQL "
+            "the tests may restart")
 
 
 def _probe_samples() -> str | None:
@@ -74,6 +82,7 @@ def _probe_browser() -> str | None:
 # to get it.
 COMPONENTS: dict[str, Callable[[], str | None]] = {
     "postgres": _probe_postgres,
+    "pg_restart": _probe_pg_restart,
     "samples": _probe_samples,
     "slurm": _probe_slurm,
     "pbs": _probe_pbs,
@@ -129,7 +138,8 @@ def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
 
     server = sqlalchemy.make_url(os.environ[POSTGRES_URL_VAR])
     name = f"arihpc_t_{uuid.uuid4().hex[:16]}"
-    admin = sqlalchemy.create_engine(server, isolation_level="AUTOCOMMIT")
+    # pre-ping: a test may have restarted the server (tests/test_store_outage.py)
+    admin = sqlalchemy.create_engine(server, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     try:
         with admin.connect() as conn:
             conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))

@@ -27,6 +27,7 @@ from typing import Callable
 from distributed import Client
 
 from arihpc import config
+from arihpc.campaign.outage import RoundState, ride_out
 from arihpc.campaign.outcomes import Item, OutcomeRecorder, Pace, Tally, interrupted
 from arihpc.campaign.workers import (
     News,
@@ -92,31 +93,26 @@ class Orchestrator(OutcomeRecorder):
             return self._run(stop)
         finally:
             self.news.unwatch()
-            self.store.log_event("site-stop", site=self.profile.name, owner=self.owner)
+            ride_out(lambda: self.store.log_event("site-stop", site=self.profile.name,
+                                                  owner=self.owner), "logging the stop")
 
     def _run(self, stop: threading.Event) -> Tally:
         orphans = self.cluster.cancel_orphans()
         if orphans:
             log.warning("cancelled %d batch job(s) of an earlier run of %s: %s", len(orphans),
                         self.profile.name, " ".join(orphans))
-        self.tally.recovered = self.store.recover(self.profile.name)
-        self.models = self._models()
+        self.tally.recovered = ride_out(lambda: self.store.recover(self.profile.name),
+                                        "recovering")
+        self.models = ride_out(self._models, "fitting the planning model")
         self.settings = config.overrides()      # --config reaches the workers with each task
         while not stop.is_set():
             self.pool.refresh()
-            # One commit a round (one fsync of an SQLite store) for all of its writes: the
-            # outcomes fetched last round, then the claims and attempts they make room for.
-            with self.store.transaction():
-                self._record_outcomes()
-                self._claim()
-                self._start_compute()
-                self._fetch_ahead()
-                self._flush()
+            self._store_round()
             self._submit()                      # dask runs only what the store knows of
-            self._estimate()
+            ride_out(self._estimate, "estimating")
             self.progress(self.tally)
             if not self.items:
-                retry_at = self.store.next_retry_at()
+                retry_at = ride_out(self.store.next_retry_at, "looking for retries")
                 if retry_at is None or (self.limit is not None and self.claimed >= self.limit):
                     break
                 stop.wait(min(max(0.0, retry_at - time.time()), 5.0))   # a retry backs off
@@ -126,10 +122,38 @@ class Orchestrator(OutcomeRecorder):
             self._collect()
             self._repark_orphans()
         if stop.is_set():
-            with self.store.transaction():
-                self._record_outcomes()
+            self._store_round(claim=False)
             self._abandon()
         return self.tally
+
+    def _store_round(self, claim: bool = True) -> None:
+        """One commit a round (one fsync of an SQLite store) for all of its writes: the
+        outcomes fetched last round, then the claims and attempts they make room for. Tried
+        again, from the state before it, while the store is unavailable."""
+        before = RoundState.of(self)
+
+        def round_() -> None:
+            before.restore(self)
+            with self.store.transaction():
+                self._record_outcomes()
+                if claim:
+                    self._claim()
+                    self._start_compute()
+                    self._fetch_ahead()
+                self._flush()
+
+        def release_strays() -> None:
+            before.restore(self)
+            held = self.items + [item for item, _ in self.outcomes]
+            attempts = {item.attempt for item in held if item.attempt is not None}
+            attempts |= {finish.attempt for finish in self.finishing}
+            uids = {item.claim.uid for item in held}
+            uids |= {finish.result["uid"] for finish in self.finishing}
+            given = self.store.release_strays(self.profile.name, self.owner, uids, attempts)
+            if given:
+                log.warning("gave back %d MOUS whose claim was stored during the outage", given)
+
+        ride_out(round_, "a round", after_outage=release_strays)
 
     def _models(self) -> tuple[planning.PowerLaw, planning.PowerLaw]:
         runtime, memory = planning.default_models()

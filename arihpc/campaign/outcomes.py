@@ -13,6 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 
 from arihpc import config
+from arihpc.campaign.outage import ride_out
 from arihpc.planning.routing import node_class_for
 from arihpc.runner.failures import retry_policy
 from arihpc.runner.plans import MousTask
@@ -154,9 +155,8 @@ class OutcomeRecorder:
             if worker and not self.pool.alive(worker) and not future.done():
                 future.cancel()
                 del self.futures[future]
-                for item in items:
+                for item in items:     # the store learns it in the next round
                     self._settle(item, interrupted(item, f"worker {worker} left"))
-        self._flush()
 
     def _exceeds_walltime(self, item: Item, outcome: Outcome, result: dict) -> None:
         """A stage predicted to need more than a whole job of this site: no job would ever
@@ -198,9 +198,9 @@ class OutcomeRecorder:
             if item.attempt is not None:
                 self._finish(item.attempt, interrupted(item, "arihpc run stopped"), "new",
                              item.task.memory_gb)
-        self._flush()
+        ride_out(self._flush, "giving MOUS back")
         parked = [item.claim.uid for item in self.items if item.attempt is None]
         if parked:
-            self.store.set_state(parked, "new", ("queued",))
+            ride_out(lambda: self.store.set_state(parked, "new", ("queued",)), "giving MOUS back")
         self.items.clear()
         self.futures.clear()

@@ -5,7 +5,7 @@ output file, and can fail on purpose in the way a real failure of a given class 
 log (or by what it does: an ``oom`` failure grows until the memory guard kills it).
 
     python -m arihpc.payloads.emulator --stage image --workdir D --size-gb 13 [--fail CLASS]
-        [--trace FILE]
+        [--trace FILE] [--fault-dir DIR]
 
 With ``--trace FILE`` each run appends one JSON line to FILE (benchmarks count useful and lost
 CPU from it): ``{"mous": workdir name, "stage", "outcome": "done"|"killed", "cpu_s", "time",
@@ -136,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fail", choices=sorted([*FAILURE_LINES, "oom", "segfault",
                                                   "walltime"]))
     parser.add_argument("--trace", type=Path, help="append this run's CPU use to this file")
+    parser.add_argument("--fault-dir", type=Path,
+                        help="a file <workdir name>.<class> here makes this run fail that way "
+                             "(it is removed: once)")
     args = parser.parse_args(argv)
     trace = Trace(args.trace, args.workdir, args.stage).start() if args.trace else None
     try:
@@ -145,12 +148,26 @@ def main(argv: list[str] | None = None) -> int:
             trace.close()
 
 
+def injected_failure(fault_dir: Path, workdir: Path) -> str | None:
+    """The class of a fault injected for this MOUS (a file ``<workdir name>.<class>`` in
+    ``fault_dir``), taken once: the file is removed. None when there is none."""
+    for marker in sorted(fault_dir.glob(f"{workdir.name}.*")):
+        try:
+            marker.unlink()
+        except FileNotFoundError:
+            continue                # another stage run took it
+        return marker.suffix[1:]
+    return None
+
+
 def stage(args: argparse.Namespace, trace: Trace | None) -> int:
     """One stage: CPU and memory in proportion to the size, then its output file."""
     print(LEAP_SECOND, flush=True)      # real CASA logs have it; it is not a failure
     print(f"emulating stage {args.stage} of a {args.size_gb:g} GB MOUS", flush=True)
-    if args.fail:
-        return fail(args.fail)
+    failure = args.fail or (injected_failure(args.fault_dir, args.workdir)
+                            if args.fault_dir else None)
+    if failure:
+        return fail(failure)
     held = touch_memory(args.memory_mb_per_gb * args.size_gb)
     spend_cpu(args.cpu_s_per_gb * args.size_gb)
     out = args.workdir / args.stage

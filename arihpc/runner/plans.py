@@ -11,6 +11,7 @@ import argparse
 import glob
 import logging
 import sys
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -69,25 +70,68 @@ def fetch_stage(task: MousTask) -> StageSpec:
     return StageSpec(FETCH_STAGE, argv, "fetch", _predicted("fetch", task), _memory_limit(task))
 
 
+EMULATOR_STAGES = ("fetch", "restore", "image", "export")
+
+
+def _share(uid: str, salt: str) -> float:
+    """A number in [0, 1) that depends only on ``uid`` and ``salt``: the same in every process
+    and run, so a campaign's drawn failures are known beforehand."""
+    return zlib.crc32(f"{salt}:{uid}".encode()) / 2**32
+
+
+def emulator_stages(uid: str, options: dict) -> tuple[str, ...]:
+    """The emulator's stages of ``uid``: all four, or with ``stage-range: [LOW, HIGH]`` the
+    first LOW..HIGH of them, drawn from the uid."""
+    low, high = options.get("stage-range", (len(EMULATOR_STAGES),) * 2)
+    return EMULATOR_STAGES[:int(low) + int(_share(uid, "stages") * (int(high) - int(low) + 1))]
+
+
+def drawn_failure(uid: str, options: dict) -> tuple[str, str] | None:
+    """(class, stage) of the first attempt of ``uid`` that fails on purpose under
+    ``fail-share: {class: share}`` (with ``fail-seed``), or None. Never the fetch stage: it may
+    be the real one."""
+    seed = options.get("fail-seed", 0)
+    draw, edge = _share(uid, f"fail{seed}"), 0.0
+    stages = emulator_stages(uid, options)[1:]
+    for name, share in sorted((options.get("fail-share") or {}).items()):
+        edge += float(share)
+        if draw < edge and stages:
+            return name, stages[int(_share(uid, f"stage{seed}") * len(stages))]
+    return None
+
+
+def _planned_failures(task: MousTask, stage: str) -> list[str]:
+    options, found = task.options, []
+    for planned in options.get("fail-plan", []):
+        if planned["stage"] == stage and int(planned.get("attempt", 1)) == task.attempt \
+                and planned.get("uid", task.uid) == task.uid:
+            found.append(planned["class"])
+    drawn = drawn_failure(task.uid, options) if task.attempt == 1 else None
+    if drawn and drawn[1] == stage:
+        found.append(drawn[0])
+    return found
+
+
 def emulator_plan(task: MousTask) -> list[StageSpec]:
-    """Four emulated stages; ``options``: cpu-s-per-gb, memory-mb-per-gb, output-mb-per-gb,
-    trace (a file each stage run appends its CPU use to), and fail-plan, a list of {class,
-    stage, attempt, uid (optional)} that makes that stage fail that way. With ``source`` (an
-    archive template) the fetch stage is the real one."""
+    """The emulated stages; ``options``: cpu-s-per-gb, memory-mb-per-gb, output-mb-per-gb,
+    trace (a file each stage run appends its CPU use to), stage-range (``emulator_stages``),
+    fail-plan, a list of {class, stage, attempt, uid (optional)} that makes that stage fail that
+    way, fail-share and fail-seed (``drawn_failure``), and fault-dir (a folder where a file
+    ``<uid___...>.<class>`` makes the next stage of that MOUS fail that way, once). With
+    ``source`` (an archive template) the fetch stage is the real one."""
     options = task.options
     cpu = float(options.get("cpu-s-per-gb", 0.1))
     plan = [fetch_stage(task)] if options.get("source") else []
-    for name in ("fetch", "restore", "image", "export")[len(plan):]:
+    for name in emulator_stages(task.uid, options)[len(plan):]:
         argv = [sys.executable, "-m", "arihpc.payloads.emulator", "--stage", name,
                 "--workdir", str(task.workdir), "--size-gb", str(task.size_gb or 1),
                 "--cpu-s-per-gb", str(cpu),
                 "--memory-mb-per-gb", str(options.get("memory-mb-per-gb", 5)),
                 "--output-mb-per-gb", str(options.get("output-mb-per-gb", 0.1))]
-        for planned in options.get("fail-plan", []):
-            if planned["stage"] == name and int(planned.get("attempt", 1)) == task.attempt \
-                    and planned.get("uid", task.uid) == task.uid:
-                argv += ["--fail", planned["class"]]
+        for failure in _planned_failures(task, name)[-1:]:   # the last one wins
+            argv += ["--fail", failure]
         argv += ["--trace", str(options["trace"])] if options.get("trace") else []
+        argv += ["--fault-dir", str(options["fault-dir"])] if options.get("fault-dir") else []
         predicted = float(options.get("predicted-s", cpu * (task.size_gb or 1) + 1))
         plan.append(StageSpec(name, argv, name, predicted, _memory_limit(task)))
     return plan

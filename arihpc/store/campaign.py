@@ -227,6 +227,25 @@ class CampaignStore(CatalogStore):
                 self._event(conn, "recover", site=site, mous=given)
         return given
 
+    def release_strays(self, site: str, owner: str, held_uids: set[str],
+                       held_attempts: set[int]) -> int:
+        """After a store outage: the open attempts of ``site`` and the active MOUS of
+        ``owner`` that it does not hold (a commit stored although its answer was lost) are
+        closed as lost and given back. Returns the MOUS given back."""
+        now = time.time()
+        with self._begin() as conn:
+            conn.execute(attempts.update().where(
+                attempts.c.site == site, attempts.c.ended_at.is_(None),
+                attempts.c.id.not_in(sorted(held_attempts)))
+                .values(ended_at=now, outcome="lost"))
+            given = conn.execute(mous.update().where(
+                mous.c.owner == owner, mous.c.state.in_(ACTIVE),
+                mous.c.uid.not_in(sorted(held_uids)))
+                .values(state="new", owner=None, updated_at=now)).rowcount
+            if given:
+                self._event(conn, "release", site=site, owner=owner, mous=given)
+        return given
+
     def set_state(self, uids: list[str] | None, state: str, where_states: tuple[str, ...],
                   error_class: str | None = None) -> int:
         """Move MOUS (all, or the given uids) that are in ``where_states`` to ``state``."""

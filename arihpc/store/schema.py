@@ -140,6 +140,20 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+def unavailable(error: BaseException) -> bool:
+    """The database went away or is busy for a moment (a PostgreSQL restart, a dropped
+    connection, an SQLite write lock held too long): the same work may be tried again."""
+    if not isinstance(error, sa.exc.DBAPIError):
+        return False
+    if error.connection_invalidated:
+        return True
+    if not isinstance(error, (sa.exc.OperationalError, sa.exc.InterfaceError)):
+        return False
+    if type(error.orig).__module__.startswith("sqlite3"):
+        return "database is locked" in str(error.orig)  # not "no such table" and the like
+    return True         # psycopg: the server is down, restarting, or dropped the connection
+
+
 class Store:
     """The campaign store behind one URL. ``Store.open(url)`` connects and checks the schema."""
 
@@ -184,7 +198,10 @@ class Store:
     def open(cls, url: str | None = None) -> "Store":
         url = store_url(url)
         try:
-            engine = sa.create_engine(url, future=True)
+            # pre-ping: a connection the server dropped (a restart) is replaced on checkout
+            # instead of failing the statement after it.
+            engine = sa.create_engine(url, future=True,
+                                      pool_pre_ping=not url.startswith("sqlite"))
         except (sa.exc.ArgumentError, ImportError) as e:
             raise StoreError(f"cannot use store URL {url!r}: {e}") from e
         if engine.dialect.name == "sqlite":
