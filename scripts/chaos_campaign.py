@@ -67,7 +67,12 @@ CONFIG = """arihpc:
   runner: {{walltime-margin-s: 5, predict-min-s: 1, predict-s-per-gb: {{fetch: 0.02}}}}
   failures:
     retry:
-      download: {{retries: 2, backoff-s: 2}}
+      # The faults add to the drawn failures: a MOUS drawn to fail a download once may meet
+      # the archive down too, a MOUS drawn to exceed its memory may be the one made to,
+      # and one drawn to fail unknown may meet the full filesystem after its free space came back.
+      download: {{retries: 4, backoff-s: 2}}
+      oom: {{retries: 2, memory-factor: 2}}
+      unknown: {{retries: 2}}
       disk-space: {{retries: 2, backoff-s: 3}}
       lock: {{retries: 3, backoff-s: 5}}
 """

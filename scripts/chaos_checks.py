@@ -35,20 +35,18 @@ def runs_by_stage(trace: Path) -> dict[tuple[str, str], list[dict]]:
 
 
 def run_twice(runs: dict, work: Path, sites: tuple[str, ...]) -> list[str]:
-    """Stages started again after their checkpoint was written (the checkpoint records the
-    run it keeps: any run starting after that one ended ran a checkpointed stage again)."""
-    where = {}
-    for site in sites:
-        for folder in (work / site).glob("uid___*"):
-            where[folder.name] = folder
+    """Stages started again, at any site, after a checkpoint of theirs was written (the
+    checkpoint records the run it keeps: any run starting after that one ended ran a
+    checkpointed stage again, in the same work directory or, thrown away, at another site)."""
     found = []
     for (name, stage), stage_runs in runs.items():
-        check = read_checkpoint(where[name], stage) if name in where else None
-        if check is None:
-            continue
-        again = [r for r in stage_runs if r["start"] > check["end"] + EPSILON_S]
-        if again:
-            found.append(f"{name} {stage}: {len(again)} run(s) after its checkpoint")
+        for site in sites:
+            check = read_checkpoint(work / site / name, stage)
+            again = [r for r in stage_runs
+                     if check is not None and r["start"] > check["end"] + EPSILON_S]
+            if again:
+                found.append(f"{name} {stage} (checkpoint at {site}): {len(again)} run(s) "
+                             "after it")
     return found
 
 
@@ -114,15 +112,20 @@ def jobs_left(sites: tuple[str, ...]) -> list[str]:
             if any(line.split()[1].startswith(f"arihpc-{site}-") for site in sites)]
 
 
-def site_figures(conn, runs: dict, sites: tuple[str, ...], jobcomp_offset: int,
-                 seconds: float) -> dict:
-    """Per site: MOUS done, MOUS/s, allocated core-s (jobcomp), useful core-s (the CPU of
-    the completed stage runs in its jobs), and their ratio."""
+def batch_jobs(sites: tuple[str, ...], jobcomp_offset: int) -> tuple[list, dict[str, str]]:
+    """The run's ended batch jobs (SLURM's jobcomp log from ``jobcomp_offset``) and the site
+    of each job id."""
     with open(slurm_jobcomp(), "rb") as log:
         log.seek(jobcomp_offset)
         jobs = parse_jobcomp(log.read().decode("utf-8", "replace"))
-    site_of_job = {job.job_id: site for job in jobs for site in sites
-                   if job.name.startswith(f"arihpc-{site}-")}
+    return jobs, {job.job_id: site for job in jobs for site in sites
+                  if job.name.startswith(f"arihpc-{site}-")}
+
+
+def site_figures(conn, runs: dict, sites: tuple[str, ...], jobs: list,
+                 site_of_job: dict[str, str], seconds: float) -> dict:
+    """Per site: MOUS done, MOUS/s, allocated core-s (jobcomp), useful core-s (the CPU of
+    the completed stage runs in its jobs), and their ratio."""
     useful = Counter()
     for stage_runs in runs.values():
         for run in stage_runs:
@@ -145,6 +148,7 @@ def check_campaign(url: str, folder: Path, uids: list[str], sites: tuple[str, ..
                    jobcomp_offset: int = 0) -> dict:
     """Every invariant and figure of the run; ``ok`` when all invariants hold."""
     runs = runs_by_stage(folder / "trace.jsonl")
+    jobs, site_of_job = batch_jobs(sites, jobcomp_offset)
     engine = sa.create_engine(url)
     with engine.connect() as conn:
         states = Counter(dict(conn.execute(sa.select(mous.c.state, sa.func.count()).where(
@@ -160,7 +164,7 @@ def check_campaign(url: str, folder: Path, uids: list[str], sites: tuple[str, ..
         still_open = conn.execute(sa.select(sa.func.count()).select_from(attempts).where(
             attempts.c.ended_at.is_(None))).scalar()
         overlaps = overlapping_attempts(conn)
-        per_site = site_figures(conn, runs, sites, jobcomp_offset, ended - began)
+        per_site = site_figures(conn, runs, sites, jobs, site_of_job, ended - began)
     engine.dispose()
     faults = Counter(kind for _, kind, _ in chaos.done)
     checks = {

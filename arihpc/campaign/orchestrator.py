@@ -112,7 +112,8 @@ class Orchestrator(OutcomeRecorder):
             ride_out(self._estimate, "estimating")
             self.progress(self.tally)
             if not self.items:
-                retry_at = ride_out(self.store.next_retry_at, "looking for retries")
+                retry_at = ride_out(lambda: self.store.next_retry_at(self.profile.name),
+                                    "looking for retries")
                 if retry_at is None or (self.limit is not None and self.claimed >= self.limit):
                     break
                 stop.wait(min(max(0.0, retry_at - time.time()), 5.0))   # a retry backs off

@@ -33,6 +33,9 @@ from arihpc.runner.plans import PAYLOADS, MousTask, StageSpec
 from arihpc.runner.process import ProcessResult, finished_unwatched, run_process
 
 LOG_TAIL = 20
+# A stage that failed without a known line while its work filesystem had less than this free
+# failed for the disk: on a full filesystem its log, in the same directory, gets no line either.
+FULL_BELOW_BYTES = 1 << 20
 OUTCOME_TOPIC = "arihpc-outcome"    # the dask event topic of run_in_worker's outcomes
 log = logging.getLogger(__name__)
 
@@ -113,10 +116,21 @@ def _failure(task: MousTask, stage: StageSpec, result, log_path: Path, done: lis
     else:
         found = classify(lines, result.returncode)
         name, line = found.name or "unknown", found.line
+        # classify calls a non-zero exit with no known line "unknown", never None
+        if found.name in (None, "unknown") and \
+                (free := _free_bytes(task.workdir)) < FULL_BELOW_BYTES:
+            name, line = "disk-space", f"arihpc: work filesystem full ({free} bytes free)"
     status = "interrupted" if name == "walltime" else "failed"
     return Outcome(task.uid, status, stage.name, name, line,
                    tuple([line or ""] + lines[-LOG_TAIL:]), tuple(done),
                    peak_rss=result.peak_rss or None)
+
+
+def _free_bytes(path: Path) -> int:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return FULL_BELOW_BYTES         # cannot tell: not a reason to call it full
 
 
 def _adopt(task: MousTask, stage: StageSpec) -> dict | None:

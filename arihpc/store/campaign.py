@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from arihpc import config
 from arihpc.store.catalog import CatalogStore
 from arihpc.store.schema import attempts, mous, stages
 
@@ -24,8 +25,13 @@ ACTIVE = ("queued", "staging", "running")
 
 # The orchestrator's statements for each MOUS, built once: SQLAlchemy then reuses their
 # compiled form instead of building and hashing a new statement per MOUS.
-_CLAIMABLE = sa.or_(mous.c.state == "new", sa.and_(mous.c.state == "waiting",
-                                                    mous.c.not_before <= sa.bindparam("b_now")))
+# A MOUS with work done at a site (``next_stage`` set) is that site's, until it waited
+# ``site-affinity-s`` (bound as b_moved_before: the latest update time that frees it).
+_HERE = sa.or_(mous.c.next_stage.is_(None), mous.c.site.is_(None),
+               mous.c.site == sa.bindparam("b_site"),
+               mous.c.updated_at <= sa.bindparam("b_moved_before"))
+_CLAIMABLE = sa.and_(_HERE, sa.or_(mous.c.state == "new", sa.and_(
+    mous.c.state == "waiting", mous.c.not_before <= sa.bindparam("b_now"))))
 _CANDIDATES = (sa.select(mous.c.uid, mous.c.priority, mous.c.size_bytes, mous.c.memory_gb,
                          mous.c.project)
                .where(mous.c.selected.is_(True), _CLAIMABLE)
@@ -46,8 +52,12 @@ _END_ATTEMPT = attempts.update().where(attempts.c.id == sa.bindparam("b_id")).va
                                                    "message", "batch_job", "worker",
                                                    "peak_rss")})
 _SETTLE = mous.update().where(mous.c.uid == sa.bindparam("b_uid")).values(
-    {name: sa.bindparam(f"b_{name}") for name in ("state", "error_class", "next_stage",
-                                                   "memory_gb", "not_before", "updated_at")})
+    # An attempt that ended before any stage (a lock held) keeps the stage work stopped at.
+    {"next_stage": sa.case((sa.bindparam("b_state", type_=sa.String) == "done", sa.null()),
+                           else_=sa.func.coalesce(sa.bindparam("b_next_stage", type_=sa.String),
+                                                  mous.c.next_stage)),
+     **{name: sa.bindparam(f"b_{name}") for name in ("state", "error_class", "memory_gb",
+                                                      "not_before", "updated_at")}})
 _STAGES_KNOWN = sa.select(stages.c.uid, stages.c.stage, stages.c.started_at).where(
     stages.c.uid.in_(sa.bindparam("b_uids", expanding=True)))
 _NEW_ATTEMPTS = attempts.insert().returning(attempts.c.id, sort_by_parameter_order=True)
@@ -87,11 +97,14 @@ class CampaignStore(CatalogStore):
             query = _CANDIDATES
             if conn.dialect.name == "postgresql":
                 query = query.with_for_update(skip_locked=True)
-            rows = conn.execute(query, {"b_now": now, "b_limit": limit}).all()
+            moved_before = now - float(config.get("site-affinity-s"))
+            rows = conn.execute(query, {"b_now": now, "b_limit": limit, "b_site": site,
+                                        "b_moved_before": moved_before}).all()
             # One conditional update for all: a row another orchestrator took between our
             # select and this update is not claimable any more, and not returned.
             won = set(conn.execute(_CLAIM, {"b_uids": [r.uid for r in rows], "b_now": now,
-                                            "b_site": site, "b_owner": owner}).scalars()) \
+                                            "b_site": site, "b_owner": owner,
+                                            "b_moved_before": moved_before}).scalars()) \
                 if rows else set()
             taken = [row for row in rows if row.uid in won]
             if not taken:
@@ -260,11 +273,17 @@ class CampaignStore(CatalogStore):
             self._event(conn, "set-state", state=state, mous=changed, uids=uids)
         return changed
 
-    def next_retry_at(self) -> float | None:
-        """When the earliest waiting retry may be claimed (None: no retry waits)."""
+    def next_retry_at(self, site: str | None = None) -> float | None:
+        """When the earliest waiting retry ``site`` may claim may be claimed (None: no retry
+        waits; without a site, of any site)."""
+        query = sa.select(sa.func.min(mous.c.not_before)).where(mous.c.state == "waiting")
+        params = {}
+        if site is not None:
+            query = query.where(_HERE)
+            params = {"b_site": site,
+                      "b_moved_before": time.time() - float(config.get("site-affinity-s"))}
         with self._connect() as conn:
-            return conn.execute(sa.select(sa.func.min(mous.c.not_before)).where(
-                mous.c.state == "waiting")).scalar()
+            return conn.execute(query, params).scalar()
 
     def history(self) -> tuple[list[float], list[float], list[float]]:
         """Raw size (GB), run time (h) and peak memory (GB) of every MOUS done so far."""
