@@ -1,8 +1,9 @@
 """Shared fixtures and the component markers registered in setup.cfg ``[tool:pytest]``.
 
-A test marked ``postgres``, ``pg_restart``, ``samples``, ``slurm``, ``pbs``, ``casa`` or ``browser`` runs only where
-that real component is available. Elsewhere it is skipped with the reason and how to get the
-component; under CI (``CI=true``), where every component must be present, it fails instead.
+A test marked ``postgres``, ``pg_restart``, ``samples``, ``slurm``, ``pbs``, ``casa`` or
+``browser`` runs only where that real component is available. Elsewhere it is skipped with
+the reason and how to get the component; under CI (``CI=true``), where every component must
+be present, it fails instead.
 """
 
 from __future__ import annotations
