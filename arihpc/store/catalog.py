@@ -69,6 +69,7 @@ class CatalogStore(Store):
             for read in reads:
                 self._event(conn, "import", file=str(read.path), format=read.format,
                             mous=len(read.records), bad_rows=len(read.errors))
+            _analyze_after(conn, len(new_rows) + len(changed_rows))
         return ImportSummary(len(new_rows), len(changed_rows),
                              len(incoming) - len(new_rows) - len(changed_rows))
 
@@ -112,6 +113,7 @@ class CatalogStore(Store):
                 conn.execute(_UPDATE_DECISION, rows)
             self._event(conn, "select", mous=len(rows),
                         selected=sum(1 for r in rows if r["b_selected"]))
+            _analyze_after(conn, len(rows))
         return len(rows)
 
     def decisions(self, selected_only: bool = False) -> list[Decision]:
@@ -150,3 +152,11 @@ _UPDATE_METADATA = mous.update().where(mous.c.uid == sa.bindparam("b_uid")).valu
 
 _UPDATE_DECISION = mous.update().where(mous.c.uid == sa.bindparam("b_uid")).values(
     {name: sa.bindparam(f"b_{name}") for name in DECISION_COLUMNS})
+
+
+def _analyze_after(conn: Connection, changed: int, at_least: int = 1000) -> None:
+    """Fresh planner statistics after a large write on PostgreSQL: until autovacuum gets to
+    it (a minute or more) each claim scans and sorts the whole catalog instead of walking the
+    priority index (scripts/bench_store.py: 21 ms a claim instead of 1-2 ms)."""
+    if changed >= at_least and conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("ANALYZE mous")
