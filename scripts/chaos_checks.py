@@ -77,18 +77,26 @@ def overlapping_attempts(conn) -> list[str]:
 
 
 def orphans(folder: Path, sites: tuple[str, ...]) -> list[str]:
-    """Processes of the run still alive: stages (their argv names DIR) and workers."""
+    """Processes of the run still alive: stages (their argv names DIR) and workers (of our
+    sites, in a job of our SLURM: another run on this machine may use the same site names)."""
     ours = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
     left = []
     for process in psutil.process_iter(["pid", "cmdline"]):
         argv = process.info["cmdline"] or []
         text = " ".join(argv)
         worker = "distributed.cli.dask_worker" in argv and any(
-            f"--name {site}-" in text for site in sites)
+            f"--name {site}-" in text for site in sites) and _our_slurm(process)
         stage = str(folder) in text and any(mark in text for mark in STAGE_MARKS)
         if process.info["pid"] not in ours and (worker or stage):
             left.append(f"{process.info['pid']}: {text[:120]}")
     return left
+
+
+def _our_slurm(process: psutil.Process) -> bool:
+    try:
+        return process.environ().get("SLURM_CONF") == os.environ.get("SLURM_CONF")
+    except (psutil.AccessDenied, psutil.NoSuchProcess):
+        return True                 # cannot tell: count it
 
 
 def live_locks(work: Path) -> list[str]:

@@ -289,3 +289,23 @@ def test_held_locks_are_refreshed_by_one_thread_and_none_after_release(tmp_path)
         lock.release()
     time.sleep(0.3)
     assert not any(lock.path.exists() for lock in locks)
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_a_stage_failing_with_no_known_line_is_disk_space_only_on_a_full_filesystem(
+        tmp_path, monkeypatch, full):
+    """On a full work filesystem a stage's log, in the same directory, gets no line either:
+    the runner tells by the free space (arihpc.runner.run.FULL_BELOW_BYTES)."""
+    from arihpc.runner import run
+
+    if full:        # any filesystem has less free than this: as if the work one were full
+        monkeypatch.setattr(run, "FULL_BELOW_BYTES", 1 << 62)
+    job = task(tmp_path, **{"fail-plan": [{"class": "unknown", "stage": "image"}]})
+    outcome = run_mous(job)
+    assert (outcome.status, outcome.stage) == ("failed", "image")
+    if full:
+        assert outcome.error_class == "disk-space"
+        assert outcome.message.startswith("arihpc: work filesystem full (")
+    else:
+        assert outcome.error_class == "unknown"
+        assert outcome.message == "the emulator failed in a way nobody has a rule for"
