@@ -15,7 +15,7 @@ from distributed import Client, LocalCluster
 from arihpc.runner.plans import MousTask, emulator_plan
 from arihpc.runner.process import GUARD
 from arihpc.runner.run import Outcome, retry_task, run_mous
-from arihpc.runner.workdir import MousLock, checkpoint_path, read_checkpoint
+from arihpc.runner.workdir import LOCK_NAME, MousLock, checkpoint_path, read_checkpoint
 
 UID = "uid://A001/X87a/X706"
 STAGES = ["fetch", "restore", "image", "export"]
@@ -309,3 +309,18 @@ def test_a_stage_failing_with_no_known_line_is_disk_space_only_on_a_full_filesys
     else:
         assert outcome.error_class == "unknown"
         assert outcome.message == "the emulator failed in a way nobody has a rule for"
+
+
+def test_a_lock_that_cannot_be_written_on_a_full_filesystem_is_disk_space(tmp_path, monkeypatch):
+    """Before any stage: the lock file's write fails with ENOSPC. The MOUS fails as disk-space
+    (retried after a backoff), not as a lost worker, and no half-written lock is left."""
+    import errno
+
+    def full(self, *args, **kwargs):
+        self.path.write_text("")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(MousLock, "acquire", full)
+    outcome = run_mous(task(tmp_path))
+    assert (outcome.status, outcome.error_class, outcome.stage) == ("failed", "disk-space", None)
+    assert "No space left on device" in outcome.message
+    assert not (task(tmp_path).workdir / LOCK_NAME).exists()

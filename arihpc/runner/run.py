@@ -11,6 +11,7 @@ runner yields, and a fresh job continues from that stage.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -154,14 +155,20 @@ def run_mous(task: MousTask, deadline: float | None = None, owner: str | None = 
     """Run the stages of one MOUS that are not done yet; never two runners at once."""
     disk_name(task.uid)             # a uid names a path only once validated
     task = replace(task, workdir=task.workdir.resolve())    # stages run inside it
-    task.workdir.mkdir(parents=True, exist_ok=True)
     owner = owner or os.environ.get("ARIHPC_BATCH_JOB") or f"pid {os.getpid()}"
     lock = wd.MousLock(task.workdir, owner, float(config.get("runner.lock-refresh-s")),
                        float(config.get("runner.lock-stale-s")))
     try:
+        task.workdir.mkdir(parents=True, exist_ok=True)
         lock.acquire()
     except wd.MousLocked as e:
         return Outcome(task.uid, "failed", None, "lock", str(e), (str(e),))
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        lock.path.unlink(missing_ok=True)      # a lock file half written names nobody
+        line = f"arihpc: work filesystem full before the first stage: {e}"
+        return Outcome(task.uid, "failed", None, "disk-space", line, (line,))
     try:
         outcome = _run_stages(task, deadline, stop)
     finally:
