@@ -111,6 +111,17 @@ def test_injected_failures_are_retried_or_not_by_class(tmp_path):
     # the oom retry asked twice the memory: more than the small class has, so the large one
     assert tries[oom][0] == ("failed", "oom", 0.4) and tries[oom][-1] == ("done", None, 0.8)
     assert tries[version] == [("failed", "casa-version", 0.4)]          # never retried
+    # The stages an attempt completed before it failed are in the store, under that attempt,
+    # and not again under the one that resumed after them.
+    with store.engine.connect() as conn:
+        ran = {u: [(r.stage, r.outcome) for r in conn.execute(
+            sa.select(stages.c.stage, attempts.c.outcome).join(
+                attempts, attempts.c.id == stages.c.attempt_id)
+            .where(stages.c.uid == u).order_by(stages.c.started_at))]
+            for u in (oom, version)}
+    assert ran[version] == [("fetch", "failed")]
+    assert ran[oom] == [("fetch", "failed"), ("restore", "done"), ("image", "done"),
+                        ("export", "done")]
     status = run(url, "status").stdout
     assert "casa-version 1, download 2" in status and "oom 1" in status
 

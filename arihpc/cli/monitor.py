@@ -93,7 +93,10 @@ def dashboard_command(ctx: click.Context, sites: tuple[str, ...], host: str, por
     with a link to its own dashboard), the running MOUS with stage and peak RSS so far,
     run time against raw size with the planning model, peak memory, failure classes,
     throughput and the expected end. The same data is JSON under /api/ (/api/status is
-    `arihpc status --format json`). Read-only: no page changes anything.
+    `arihpc status --format json`), and /metrics serves the figures to Prometheus
+    (docs/metrics.md; a Grafana dashboard in docs/grafana-arihpc.json). Read-only: no page
+    changes anything. Off 127.0.0.1 every request needs the token (for Prometheus: the
+    bearer token).
     """
     import tornado.ioloop
 

@@ -1,7 +1,8 @@
 """The live dashboard: a small read-only tornado app (tornado already serves dask's dashboard).
 
-Routes: ``/`` all sites, ``/site/NAME`` one site, ``/api/...`` the same data as JSON, and
-``/static/...`` BokehJS. Only GET: no page writes anything (tornado answers 405 to the rest).
+Routes: ``/`` all sites, ``/site/NAME`` one site, ``/api/...`` the same data as JSON,
+``/metrics`` the same figures for Prometheus (arihpc.monitor.metrics), and ``/static/...``
+BokehJS. Only GET: no page writes anything (tornado answers 405 to the rest).
 Bound to 127.0.0.1 by default; on any other address every request needs the token, given
 as ``?token=``, as ``Authorization: Bearer``, or as the cookie the first such request sets.
 """
@@ -20,12 +21,13 @@ import tornado.netutil
 import tornado.web
 from bokeh.settings import settings as bokeh_settings
 
-from arihpc.monitor import pages, views
+from arihpc.monitor import metrics, pages, views
 from arihpc.sites.profile import SiteProfile
 from arihpc.store.campaign import CampaignStore
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 COOKIE = "arihpc_token"
+CONTENT_TYPES = {"json": "application/json", "metrics": metrics.CONTENT_TYPE}
 
 
 def needs_token(host: str) -> bool:
@@ -71,8 +73,9 @@ class _View(_Guarded):
             raise tornado.web.HTTPError(404, f"no site {args[0]!r} in this campaign")
         loop = tornado.ioloop.IOLoop.current()
         body = await loop.run_in_executor(None, partial(self.build, *args))
+        if self.content in CONTENT_TYPES:
+            self.set_header("Content-Type", CONTENT_TYPES[self.content])
         if self.content == "json":
-            self.set_header("Content-Type", "application/json")
             body = json.dumps(body, indent=1, sort_keys=True, default=str)
         self.finish(body)
 
@@ -84,7 +87,8 @@ class _Static(_Guarded, tornado.web.StaticFileHandler):
 class _ApiIndex(_Guarded):
     def get(self) -> None:
         self.finish({"endpoints": ["/api/status", "/api/campaign",
-                                   *(f"/api/site/{name}" for name in self.settings["known"]())]})
+                                   *(f"/api/site/{name}" for name in self.settings["known"]()),
+                                   "/metrics"]})
 
 
 def make_app(store: CampaignStore, profiles: Mapping[str, SiteProfile | None],
@@ -100,6 +104,8 @@ def make_app(store: CampaignStore, profiles: Mapping[str, SiteProfile | None],
         return {"campaign": views.campaign_view(views.read_numbers(store), every, name),
                 "now": views.site_view(store, name, every.get(name))}
 
+    registry = metrics.registry_for(store, known)
+
     routes = [
         (r"/", _View, {"content": "html",
                        "build": lambda: pages.overview_page(store, known(), refresh)}),
@@ -112,6 +118,8 @@ def make_app(store: CampaignStore, profiles: Mapping[str, SiteProfile | None],
                                    "build": lambda: views.campaign_view(
                                        views.read_numbers(store), known())}),
         (r"/api/site/([^/]+)", _View, {"content": "json", "build": site}),
+        (r"/metrics", _View, {"content": "metrics",
+                              "build": lambda: metrics.exposition(registry)}),
         (r"/static/(.*)", _Static, {"path": bokeh_settings.bokehjs_path()}),
     ]
     # known: the sites now (the store may name new ones while the dashboard runs)

@@ -106,7 +106,10 @@ def _run_call(stage: StageSpec, out: Path, log_path: Path) -> ProcessResult:
     return ProcessResult(returncode, time.monotonic() - wall, time.thread_time() - cpu, 0, None)
 
 
-def _failure(task: MousTask, stage: StageSpec, result, log_path: Path, done: list[str]):
+def _failure(task: MousTask, stage: StageSpec, result, log_path: Path, done: list[str],
+             records: dict):
+    """The outcome of a stage that failed; ``records``: the stages this run completed
+    before it (the store records them: they were run, and are not run again)."""
     lines = log_path.read_text(errors="replace").splitlines()[-2000:]
     if result.killed_for == "oom":
         name, line = "oom", f"arihpc: memory limit exceeded: tree RSS {result.peak_rss} bytes"
@@ -123,7 +126,7 @@ def _failure(task: MousTask, stage: StageSpec, result, log_path: Path, done: lis
             name, line = "disk-space", f"arihpc: work filesystem full ({free} bytes free)"
     status = "interrupted" if name == "walltime" else "failed"
     return Outcome(task.uid, status, stage.name, name, line,
-                   tuple([line or ""] + lines[-LOG_TAIL:]), tuple(done),
+                   tuple([line or ""] + lines[-LOG_TAIL:]), tuple(done), dict(records),
                    peak_rss=result.peak_rss or None)
 
 
@@ -206,7 +209,7 @@ def _run_stages(task: MousTask, deadline: float | None, stop: threading.Event | 
                            stage.predicted_s + float(config.get("runner.walltime-margin-s")))
         result, started, log_path = _run_stage(task, stage, stop)
         if result.returncode != 0 or result.killed_for:
-            return _failure(task, stage, result, log_path, done)
+            return _failure(task, stage, result, log_path, done, records)
         records[stage.name] = {
             "stage": stage.name, "attempt": task.attempt, "start": started, "end": time.time(),
             "wall_s": result.wall_s, "cpu_s": result.cpu_s, "peak_rss": result.peak_rss,
