@@ -283,15 +283,25 @@ class CatalogRead:
     errors: list[CatalogError]
 
 
-def read_catalog(path: str | Path, fmt: str | None = None) -> CatalogRead:
-    """Read one catalog file. Bad rows are collected; a bad file raises CatalogError."""
+PROGRESS_EVERY = 1000     # rows between two progress reports
+
+
+def read_catalog(path: str | Path, fmt: str | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> CatalogRead:
+    """Read one catalog file. Bad rows are collected; a bad file raises CatalogError.
+
+    ``progress(rows done, rows in all)``, if given, is called every PROGRESS_EVERY rows (the
+    total is an estimate from the file, see ``row_estimate``) and once at the end.
+    """
     path = Path(path)
     read_head(path)         # empty, binary or unreadable: fail before guessing a format
     name = fmt or detect_format(path)
     if name not in FORMATS:
         raise CatalogError(path, f"unknown format {name!r} (known: {', '.join(FORMATS)})")
+    total = row_estimate(path, FORMATS[name].container) if progress else 0
     records: dict[str, MousRecord] = {}
     errors: list[CatalogError] = []
+    done = 0
     try:
         for item in FORMATS[name].parse(path):
             if isinstance(item, CatalogError):
@@ -300,7 +310,30 @@ def read_catalog(path: str | Path, fmt: str | None = None) -> CatalogRead:
                 records[item.uid] = records[item.uid].merge(item)
             else:
                 records[item.uid] = item
+            done += 1
+            if progress and done % PROGRESS_EVERY == 0:
+                progress(done, max(done, total))
     except UnicodeDecodeError as e:
         raise CatalogError(path, f"not UTF-8 text (bad byte {e.object[e.start:e.start + 1]!r} "
                                  "past the start of the file)") from e
+    if progress:
+        progress(done, done)
     return CatalogRead(path, name, records, errors)
+
+
+def row_estimate(path: Path, container: str) -> int:
+    """About how many rows a catalog file has, for progress: the ``<TR>`` elements of a
+    VOTable, the lines that start a row of a key/value dump, else the lines past the header."""
+    if container == "xml":
+        return path.read_bytes().count(b"<TR")
+    with open(path, "rb") as f:
+        if container == "keyvalue":
+            first, rows = None, 0
+            for line in f:
+                key = (line.lstrip(b"\xef\xbb\xbf").split(None, 1) or [b"#"])[0]
+                if not key.startswith(b"#"):
+                    first = first or key
+                    rows += key == first
+            return rows
+        count = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    return max(count - 1, 0)

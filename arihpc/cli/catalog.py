@@ -15,7 +15,7 @@ import click
 
 from arihpc.catalog import formats as catalog
 from arihpc.catalog import ordering, selection
-from arihpc.cli.common import emit, open_store, output_option
+from arihpc.cli.common import Progress, emit, open_store, output_option
 from arihpc.errors import CatalogError
 from arihpc.mous import MousRecord, cycle_of, parse_uid
 from arihpc.store.schema import store_url
@@ -52,7 +52,8 @@ def catalog_import(ctx: click.Context, files: tuple[str, ...], fmt: str | None) 
     reads, bad = [], 0
     for name in files:
         try:
-            read = catalog.read_catalog(name, fmt)
+            with Progress(f"reading {name}", "rows") as shown:
+                read = catalog.read_catalog(name, fmt, shown)
         except CatalogError as e:
             click.echo(f"arihpc: error: {e} (file not imported)", err=True)
             bad += 1
@@ -63,7 +64,8 @@ def catalog_import(ctx: click.Context, files: tuple[str, ...], fmt: str | None) 
         reads.append(read)
         click.echo(f"{name}: {read.format}, {len(read.records)} MOUS"
                    + (f", {len(read.errors)} bad row(s)" if read.errors else ""))
-    summary = store.import_catalogs(reads)
+    with Progress("writing the store", "rows") as shown:
+        summary = store.import_catalogs(reads, shown)
     click.echo(f"store {store_url(ctx.find_root().obj['store'])}: {summary.inserted} new, "
                f"{summary.updated} updated, {summary.unchanged} unchanged MOUS")
     if bad:

@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any, Sequence
 
 import click
@@ -81,3 +82,79 @@ def stop_on_signals() -> threading.Event:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     return stop
+
+
+class Progress:
+    """The progress of one long phase on stderr, fed by a ``progress(done, total)`` callback.
+
+    On a terminal: click's bar with counts, percentage and ETA, redrawn in place. Off a
+    terminal (a pipe, CI, a log file): a plain line for each further tenth done, at most one
+    every ``gap_s`` seconds (one at least every ``every_s``), and one when the phase ends.
+    A phase of fewer than ``at_least`` steps shows nothing: a bar for a few rows is noise.
+    Use it as a context manager; stdout is never touched.
+    """
+
+    def __init__(self, label: str, unit: str, at_least: int = 1000, gap_s: float = 2.0,
+                 every_s: float = 30.0) -> None:
+        self.label, self.unit, self.at_least = label, unit, at_least
+        self.gap_s, self.every_s = gap_s, every_s
+        self.tty = sys.stderr.isatty()
+        self.bar: Any = None
+        self.done, self.total = 0, 0
+        self.start = self.last_line = time.monotonic()
+        self.first: tuple[float, int] | None = None     # when and where the counting began
+        self.tenths = 0
+        self.shown = False
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        if self.bar is not None:
+            self.bar.render_finish()        # the bar's own line ends; the cursor comes back
+        elif self.shown and kind is None:
+            click.echo(f"arihpc: {self.label}: {self.done:,} {self.unit} in "
+                       f"{_seconds(time.monotonic() - self.start)}", err=True)
+
+    def __call__(self, done: int, total: int | None = None) -> None:
+        self.done = done
+        self.total = max(done, self.total if total is None else total)
+        self.first = self.first or (time.monotonic(), done)
+        if not self.shown and self.total < max(1, self.at_least):
+            return
+        self.shown = True
+        if self.tty:
+            self._draw()
+        else:
+            self._line()
+
+    def _draw(self) -> None:
+        if self.bar is None:
+            self.bar = click.progressbar(length=self.total, label=f"{self.label} ({self.unit})",
+                                         file=sys.stderr, show_pos=True, show_percent=True,
+                                         show_eta=True, width=24)
+        self.bar.length = self.total
+        self.bar.update(self.done - self.bar.pos)
+
+    def _line(self) -> None:
+        now = time.monotonic()
+        tenths, since = 10 * self.done // max(self.total, 1), now - self.last_line
+        due = (tenths > self.tenths and since >= self.gap_s) or since >= self.every_s
+        if not due or self.done >= self.total:         # the end has a line of its own
+            return
+        began, counted = self.first or (self.start, 0)
+        left = (now - began) / (self.done - counted) * (self.total - self.done) \
+            if self.done > counted else None
+        click.echo(f"arihpc: {self.label}: {self.done:,} of {self.total:,} {self.unit} "
+                   f"({100 * self.done // max(self.total, 1)}%)"
+                   + (f", about {_seconds(left)} left" if left is not None else ""), err=True)
+        self.tenths, self.last_line = tenths, now
+
+
+def _seconds(seconds: float) -> str:
+    """0.4 s, 12 s, 3.5 min, 1.2 h."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"

@@ -1,7 +1,8 @@
 """The ``arihpc`` command: the group, its global options, and every command module's commands.
 
 Each command group lives in a module of its own (catalog, sites, plan, campaign, demo,
-monitor, ms); this one registers them. The command-line layer is the only one that prints.
+monitor, ms, export); this one registers them. The command-line layer is the only one that
+prints.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import click
 
 from arihpc import __version__, config
-from arihpc.cli import campaign, catalog, demo, monitor, ms, plan, sites
+from arihpc.cli import campaign, catalog, demo, export, monitor, ms, plan, sites
 from arihpc.errors import ArihpcError, ProfileError
 
 
@@ -60,7 +61,7 @@ def main(ctx: click.Context, store: str | None, config_file: str | None, verbose
     ctx.obj = {"store": store}
 
 
-for _module in (catalog, sites, plan, campaign, demo, monitor, ms):
+for _module in (catalog, sites, plan, campaign, demo, monitor, ms, export):
     for _command in _module.COMMANDS:
         main.add_command(_command)
 

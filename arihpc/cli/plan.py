@@ -13,6 +13,7 @@ import numpy as np
 
 from arihpc.catalog import formats as catalog
 from arihpc.catalog import ordering, selection
+from arihpc.cli.common import Progress
 from arihpc.planning import model as planning
 from arihpc.planning import simulation as planning_sim
 from arihpc.sites import profile
@@ -31,7 +32,8 @@ def _catalog_sizes(files: tuple[str, ...]) -> list[float | None]:
     """Sizes (GB) of the MOUS these exports select, in priority order."""
     records: dict = {}
     for name in files:
-        read = catalog.read_catalog(name)
+        with Progress(f"reading {name}", "rows") as shown:
+            read = catalog.read_catalog(name, progress=shown)
         for error in read.errors:
             click.echo(f"arihpc: warning: {error} (row left out)", err=True)
         for uid, record in read.records.items():
@@ -41,28 +43,37 @@ def _catalog_sizes(files: tuple[str, ...]) -> list[float | None]:
     return [records[uid].size_bytes / 1e9 if records[uid].size_bytes else None for uid in chosen]
 
 
-def _workload(rng, runs: int, count: int, files: tuple[str, ...], url: str | None):
-    """The MOUS to plan, with the run-time model (fitted to the store's history if any)."""
+def _workload(rng, runs: int, count: int, files: tuple[str, ...], url: str | None,
+              history: str | None = None):
+    """The MOUS to plan, with the run-time model (fitted to the store's history, or to the
+    exported one in ``history``, if any)."""
     runtime, memory = planning.default_models()
+    done_gb, hours, peaks = [], [], []
+    if history:
+        from arihpc.monitor import exports
+
+        done_gb, hours, peaks = exports.read_history(history)
     if files:
         sizes, source = _catalog_sizes(files), f"selected in {', '.join(files)}"
-        scatter = planning_sim.scatter_of([], [], runtime)
     elif url:
         from arihpc.store.campaign import CampaignStore
 
         store = CampaignStore.open(url)
         try:
             sizes = store.remaining_sizes()
-            done_gb, hours, peaks = store.history()
+            done_gb, hours, peaks = (done_gb, hours, peaks) if history else store.history()
         finally:
             store.close()
-        runtime = planning.fit(done_gb, hours, runtime)
-        memory = planning.fit(done_gb, peaks, memory)
-        scatter = planning_sim.scatter_of(done_gb, hours, runtime)
-        source = (f"left in the store, run times fitted to {runtime.points} MOUS done"
-                  if runtime.points else "left in the store, the default size model")
+        source = "left in the store"
+    elif history:
+        raise click.UsageError("--history fits the run times of --catalog or --store: give one")
     else:
         return planning_sim.study_workload(rng, runs, count), memory
+    runtime = planning.fit(done_gb, hours, runtime)
+    memory = planning.fit(done_gb, peaks, memory)
+    scatter = planning_sim.scatter_of(done_gb, hours, runtime)
+    source += (f", run times fitted to {runtime.points} MOUS done" if runtime.points
+               else ", the default size model") + (f" in {history}" if history else "")
     if not sizes:
         raise click.ClickException("no selected MOUS to plan (run arihpc select first?)")
     known = sum(1 for s in sizes if s)
@@ -150,6 +161,10 @@ def _plot(plan: planning_sim.Plan, path: str) -> None:
                    "repeat for several files.")
 @click.option("--store", "url", metavar="URL", help="Plan what is left in this campaign store, "
               "with run times fitted to the MOUS it has done (default: the --store of arihpc).")
+@click.option("--history", metavar="FILE", type=click.Path(dir_okay=False, exists=True),
+              help="Fit run time and memory to the MOUS done in this `arihpc export stages` "
+                   "or `export mous` file (Parquet or CSV) instead of the store's history; "
+                   "with --catalog or --store.")
 @click.option("--mous", "count", type=click.IntRange(min=1), default=7000, show_default=True,
               help="Without a catalog or store: this many MOUS of the study's distribution.")
 @click.option("--runs", type=click.IntRange(min=1), default=1000, show_default=True,
@@ -167,7 +182,8 @@ def _plot(plan: planning_sim.Plan, path: str) -> None:
               show_default=True, help="Output format.")
 @click.pass_context
 def plan_command(ctx: click.Context, sites: str | None, machine_count: int | None,
-                 files: tuple[str, ...], url: str | None, count: int, runs: int, resume: bool,
+                 files: tuple[str, ...], url: str | None, history: str | None, count: int,
+                 runs: int, resume: bool,
                  failures: bool, reruns: float, seed: int, plot: str | None,
                  output: str) -> None:
     """How long the campaign takes: Monte Carlo runs of a simulation of it on these sites.
@@ -184,13 +200,15 @@ def plan_command(ctx: click.Context, sites: str | None, machine_count: int | Non
       arihpc plan --machines 7 --no-failures --reruns 0.2
       arihpc plan --sites mup --no-resume --plot mup.png
       arihpc --store postgresql://host/ari plan --sites eso,itarc,mup
+      arihpc plan --sites eso --catalog new.tsv --history stages.parquet
     """
     pools = _pools(sites, machine_count)
     url = url or (None if files else ctx.find_root().obj["store"])
     rng = np.random.default_rng(seed)
-    workload, memory = _workload(rng, runs, count, files, url)      # errors: one line, exit 1
+    workload, memory = _workload(rng, runs, count, files, url, history)   # errors: one line
     assumptions = planning_sim.Assumptions.from_config(resume, failures, reruns)
-    plan = planning_sim.simulate(workload, pools, assumptions, seed, memory)
+    with Progress(f"simulating {runs:,} campaigns", "MOUS") as shown:
+        plan = planning_sim.simulate(workload, pools, assumptions, seed, memory, shown)
     if output == "json":
         click.echo(json.dumps(plan.summary(), indent=1))
     else:

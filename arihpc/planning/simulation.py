@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -293,8 +293,12 @@ def _occupy(slot_h, lost_h, done, hours, usable, walltime, a: Assumptions):
 
 
 def simulate(workload: Workload, pools: Iterable[Pool], assumptions: Assumptions,
-             seed: int | None = None, memory: PowerLaw | None = None) -> Plan:
-    """Play the campaign out once per run of the workload (all runs at once)."""
+             seed: int | None = None, memory: PowerLaw | None = None,
+             progress: Callable[[int, int], None] | None = None) -> Plan:
+    """Play the campaign out once per run of the workload (all runs at once).
+
+    ``progress(MOUS placed, MOUS in all)``, if given, is called about every 1 % of the MOUS.
+    """
     rng = np.random.default_rng(seed)
     pools = _Pools(list(pools), memory or default_models()[1], assumptions)
     hours = workload.hours
@@ -304,7 +308,10 @@ def simulate(workload: Workload, pools: Iterable[Pool], assumptions: Assumptions
     used = np.zeros_like(free)
     row = np.arange(runs)
     tally = {name: np.zeros(runs) for name in ("done", "failed", "unroutable", "cuts", "lost")}
+    step = max(1, count // 100)
     for i in range(count):
+        if progress and i % step == 0:
+            progress(i, count)
         choice = np.where(pools.taking(workload.sizes_gb[:, i], hours[:, i]), free, INF)
         slot = choice.argmin(axis=1)
         start = choice[row, slot]
@@ -321,6 +328,8 @@ def simulate(workload: Workload, pools: Iterable[Pool], assumptions: Assumptions
         tally["unroutable"] += ~placed
         tally["cuts"] += np.where(placed, cuts, 0)
         tally["lost"] += np.where(placed, lost * pools.cores[pool], 0.0)
+    if progress:
+        progress(count, count)
     busy = {site: used[:, pools.site_of[pools.slot_pool] == k].sum(axis=1)
             for k, site in enumerate(pools.sites)}
     return Plan(workload.source, assumptions, pools.pools, free.max(axis=1), tally["done"],

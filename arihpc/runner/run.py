@@ -253,7 +253,10 @@ def run_in_worker(tasks: list[MousTask]) -> list[dict]:
                 return
     threading.Thread(target=watch, daemon=True).start()
     deadline = os.environ.get("ARIHPC_DEADLINE")
-    where = {"worker": worker.address, "batch_job": os.environ.get("ARIHPC_BATCH_JOB")}
+    # A batch job's worker is named SITE-CLASS-N (sites.cluster): the store keeps the name,
+    # which tells the node class; a worker without one by its address.
+    name = worker.name if isinstance(worker.name, str) else worker.address
+    where = {"worker": name, "batch_job": os.environ.get("ARIHPC_BATCH_JOB")}
     replies = []
     try:
         for task in tasks:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -41,11 +41,14 @@ class CatalogStore(Store):
 
     # --- archive metadata ---
 
-    def import_catalogs(self, reads: Sequence[CatalogRead]) -> ImportSummary:
+    def import_catalogs(self, reads: Sequence[CatalogRead],
+                        progress: Callable[[int, int], None] | None = None) -> ImportSummary:
         """Merge what the files say into the store, all in one transaction.
 
         Known values fill unknown ones and replace older known ones; an unknown value never
-        blanks a known one. Campaign decisions and state are not touched.
+        blanks a known one. Campaign decisions and state are not touched. ``progress(done,
+        total)``, if given, counts rows of the store: those read back to merge with, then
+        those written, a batch at a time.
         """
         incoming: dict[str, MousRecord] = {}
         for read in reads:
@@ -53,37 +56,46 @@ class CatalogStore(Store):
                 incoming[uid] = incoming[uid].merge(record) if uid in incoming else record
         now = time.time()
         with self.engine.begin() as conn:
-            existing = self._records(conn, incoming)
-            new_rows, changed_rows = [], []
-            for uid, record in incoming.items():
-                old = existing.get(uid)
-                merged = old.merge(record) if old else record
-                if old is None:
-                    new_rows.append({**to_columns(merged), "imported_at": now})
-                elif merged != old:
-                    changed_rows.append({**_prefixed(to_columns(merged)), "b_imported_at": now})
-            if new_rows:
-                conn.execute(mous.insert(), new_rows)
-            if changed_rows:
-                conn.execute(_UPDATE_METADATA, changed_rows)
+            scan = self._scan_size(conn, len(incoming)) if progress else 0
+            total = scan + len(incoming)
+            tick = None if progress is None else (lambda n: progress(n, total))
+            existing = self._records(conn, incoming, tick)
+            uids, inserted, changed = list(incoming), 0, 0
+            for start in range(0, len(uids), _BATCH):
+                new_rows, changed_rows = _rows_to_write(
+                    incoming, existing, uids[start:start + _BATCH], now)
+                if new_rows:
+                    conn.execute(mous.insert(), new_rows)
+                if changed_rows:
+                    conn.execute(_UPDATE_METADATA, changed_rows)
+                inserted, changed = inserted + len(new_rows), changed + len(changed_rows)
+                if progress:
+                    progress(scan + min(start + _BATCH, len(uids)), total)
             for read in reads:
                 self._event(conn, "import", file=str(read.path), format=read.format,
                             mous=len(read.records), bad_rows=len(read.errors))
-            _analyze_after(conn, len(new_rows) + len(changed_rows))
-        return ImportSummary(len(new_rows), len(changed_rows),
-                             len(incoming) - len(new_rows) - len(changed_rows))
+            _analyze_after(conn, inserted + changed)
+        return ImportSummary(inserted, changed, len(incoming) - inserted - changed)
 
-    def _records(self, conn: Connection,
-                 uids: Iterable[str] | None = None) -> dict[str, MousRecord]:
+    def _scan_size(self, conn: Connection, wanted: int) -> int:
+        """Stored rows ``_records`` reads to look up ``wanted`` MOUS (0: an indexed lookup)."""
+        if wanted <= _LOOKUP_AT_MOST:
+            return 0
+        return conn.execute(sa.select(sa.func.count()).select_from(mous)).scalar_one()
+
+    def _records(self, conn: Connection, uids: Iterable[str] | None = None,
+                 progress: Callable[[int], None] | None = None) -> dict[str, MousRecord]:
         query = sa.select(*[mous.c[name] for name in FIELDS])
         wanted = None if uids is None else set(uids)
         # Small imports look their MOUS up; large ones read the table once.
-        if wanted is not None and len(wanted) <= 500:
+        if wanted is not None and len(wanted) <= _LOOKUP_AT_MOST:
             query = query.where(mous.c.uid.in_(sorted(wanted)))
         out = {}
-        for row in conn.execute(query):
+        for count, row in enumerate(conn.execute(query), 1):
             if wanted is None or row.uid in wanted:
                 out[row.uid] = from_columns(row._mapping)
+            if progress and count % 1000 == 0:
+                progress(count)
         return out
 
     def records(self) -> list[MousRecord]:
@@ -140,6 +152,24 @@ class CatalogStore(Store):
             sa.or_(mous.c.decided_at.is_(None), mous.c.decided_at < mous.c.imported_at))
         with self.engine.connect() as conn:
             return conn.execute(query).scalar_one()
+
+
+_BATCH = 5000             # MOUS written per statement (one transaction for the whole import)
+_LOOKUP_AT_MOST = 500     # an import of more MOUS reads the table once instead of looking up
+
+
+def _rows_to_write(incoming: Mapping[str, MousRecord], existing: Mapping[str, MousRecord],
+                   uids: Sequence[str], now: float) -> tuple[list[dict], list[dict]]:
+    """(rows to insert, rows to update) of these MOUS: each merged with what is stored."""
+    new_rows, changed_rows = [], []
+    for uid in uids:
+        record, old = incoming[uid], existing.get(uid)
+        merged = old.merge(record) if old else record
+        if old is None:
+            new_rows.append({**to_columns(merged), "imported_at": now})
+        elif merged != old:
+            changed_rows.append({**_prefixed(to_columns(merged)), "b_imported_at": now})
+    return new_rows, changed_rows
 
 
 def _prefixed(columns: dict) -> dict:
