@@ -167,8 +167,8 @@ setup_venv() {
     fi
     hash=$(cat setup.cfg pyproject.toml | sha256sum | cut -d ' ' -f 1)
     if [[ $(cat "$stamp" 2>/dev/null) != "$hash" ]]; then
-        say "installing arihpc[test,casa] into .venv"
-        .venv/bin/python -m pip install -q -e '.[test,casa]'
+        say "installing arihpc[test,casa,docs] into .venv"
+        .venv/bin/python -m pip install -q -e '.[test,casa,docs]'
         echo "$hash" >"$stamp"
     fi
     exec 9>&-

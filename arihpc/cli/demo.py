@@ -45,9 +45,10 @@ def demo_command(ctx: click.Context, directory: Path, count: int | None,
       simobserve when CASA is installed, else random bytes for the emulator payload,
       and imports their sizes from a DataLink VOTable, like the archive's;
     - serves them over HTTP on 127.0.0.1 and runs the campaign on the local site
-      (DIR/local.yaml, two MOUS at a time): fetch, restore, image, export, then
-      qa, preview, package each MOUS (there is no archived QA2 delivery here, so
-      the ARIQA verdicts read not-assessed);
+      (DIR/local.yaml, two MOUS at a time): fetch, restore, keep-ms, image,
+      export, then qa, preview, moments, package each MOUS with CASA (there is no
+      archived QA2 delivery here, so the ARIQA verdicts read not-assessed), or
+      fetch, restore, image, export with the emulator;
     - prints what was made and where (FITS under DIR/work/UID/export/, the ARI-L
       tar under DIR/work/UID/package/).
 
