@@ -589,8 +589,9 @@ def on_files(files, config):
     """benchmarks.md: BENCHMARKS.md of the repository root, which stays there."""
     from mkdocs.structure.files import File
 
-    files.append(File.generated(config, "benchmarks.md",
-                                content=(ROOT / "BENCHMARKS.md").read_text(encoding="utf-8")))
+    # Its links are relative to the root: a link into docs/ is one to a page beside it.
+    text = (ROOT / "BENCHMARKS.md").read_text(encoding="utf-8").replace("](docs/", "](")
+    files.append(File.generated(config, "benchmarks.md", content=text))
     return files
 
 
