@@ -56,3 +56,20 @@ def test_a_mous_never_started_is_claimed_by_any_site(store_url, tmp_path):
     assert store.recover("s1") == 2                  # s1 died before any attempt began
     assert sorted(c.uid for c in store.claim("s2", "s2@1", 2)) == sorted(uids)
     assert len(claims) == 2
+
+
+def test_a_mous_whose_attempt_was_cut_before_it_said_how_far_stays_at_its_site(
+        store_url, tmp_path):
+    """Found by the chaos campaign (seed 2): a worker lost mid-stage gives an interrupted
+    attempt with no stage, then a lock refusal; ci-slurm took the MOUS and ran its checkpointed
+    stages again. Nor may another site take a MOUS given back by a killed orchestrator."""
+    uids = select(store_url, tmp_path, 2)
+    store = CampaignStore.open(store_url)
+    store.claim("s1", "s1@1", 2)
+    attempt, lost = store.start_attempts([(uid, 1.0) for uid in uids], "s1")
+    end(store, attempt, uids[0], "interrupted", None, "walltime")
+    assert next_stage(store, uids[0]) is None
+    assert store.recover("s1") == 1                 # uids[1]: its attempt lost, given back
+    assert store.claim("s2", "s2@1", 2) == []
+    assert store.next_retry_at("s2") is None
+    assert sorted(c.uid for c in store.claim("s1", "s1@2", 2)) == sorted(uids)

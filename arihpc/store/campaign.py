@@ -25,11 +25,15 @@ ACTIVE = ("queued", "staging", "running")
 
 # The orchestrator's statements for each MOUS, built once: SQLAlchemy then reuses their
 # compiled form instead of building and hashing a new statement per MOUS.
-# A MOUS with work done at a site (``next_stage`` set) is that site's, until it waited
-# ``site-affinity-s`` (bound as b_moved_before: the latest update time that frees it).
-_HERE = sa.or_(mous.c.next_stage.is_(None), mous.c.site.is_(None),
-               mous.c.site == sa.bindparam("b_site"),
-               mous.c.updated_at <= sa.bindparam("b_moved_before"))
+# A MOUS that had an attempt at its site (its work directory is there, maybe checkpoints:
+# the attempt may have been cut by a worker lost or an orchestrator killed before it said how
+# far it got) is that site's, until it waited ``site-affinity-s`` (bound as b_moved_before:
+# the latest update time that frees it).
+NEVER_STARTED = "never started: the commit that began it was stored but its answer lost"
+_WORKED_THERE = sa.exists().where(attempts.c.uid == mous.c.uid, attempts.c.site == mous.c.site,
+                                  sa.func.coalesce(attempts.c.message, "") != NEVER_STARTED)
+_HERE = sa.or_(mous.c.site.is_(None), mous.c.site == sa.bindparam("b_site"),
+               ~_WORKED_THERE, mous.c.updated_at <= sa.bindparam("b_moved_before"))
 _CLAIMABLE = sa.and_(_HERE, sa.or_(mous.c.state == "new", sa.and_(
     mous.c.state == "waiting", mous.c.not_before <= sa.bindparam("b_now"))))
 _CANDIDATES = (sa.select(mous.c.uid, mous.c.priority, mous.c.size_bytes, mous.c.memory_gb,
@@ -250,7 +254,7 @@ class CampaignStore(CatalogStore):
             conn.execute(attempts.update().where(
                 attempts.c.site == site, attempts.c.ended_at.is_(None),
                 attempts.c.id.not_in(sorted(held_attempts)))
-                .values(ended_at=now, outcome="lost"))
+                .values(ended_at=now, outcome="lost", message=NEVER_STARTED))
             given = conn.execute(mous.update().where(
                 mous.c.owner == owner, mous.c.state.in_(ACTIVE),
                 mous.c.uid.not_in(sorted(held_uids)))
