@@ -327,7 +327,8 @@ def chaos_run(args, folder: Path, url: str, work_fs: Path | None, archive: Archi
                "fail-seed": args.seed, "trace": str(folder / "trace.jsonl"),
                "fault-dir": str(folder / "faults")}
     orchestrators = Orchestrators(url, folder, site_profiles(folder, folder / "work"), options)
-    chaos = Chaos(list(SITES), orchestrators.kill_and_restart, archive, work_fs,
+    chaos = Chaos(list(SITES), orchestrators.kill_and_restart,
+                  lambda: sorted(orchestrators.running), archive, work_fs,
                   folder / "faults", PostgresServer.from_env(), running_uids(url))
     jobcomp_offset = slurm_jobcomp().stat().st_size     # earlier lines are other runs' jobs
     began = time.time()

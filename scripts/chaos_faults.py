@@ -103,6 +103,7 @@ class Chaos:
 
     sites: list[str]
     restart_orchestrator: Callable[[str], None]     # kill -9 it, start it again
+    running_sites: Callable[[], list[str]]          # sites whose orchestrator runs now
     archive: ArchiveServer
     work_fs: Path | None                            # the small work filesystem (None: not root)
     fault_dir: Path
@@ -111,8 +112,11 @@ class Chaos:
     done: list[tuple[float, str, str]] = field(default_factory=list)   # (time, kind, what)
 
 
-def kill_orchestrator(chaos: Chaos, rng: random.Random) -> str:
-    site = rng.choice(chaos.sites)
+def kill_orchestrator(chaos: Chaos, rng: random.Random) -> str | None:
+    running = chaos.running_sites()         # a site whose run ended has nothing to kill
+    if not running:
+        return None
+    site = rng.choice(running)
     chaos.restart_orchestrator(site)
     return f"kill -9 of the {site} orchestrator, started again"
 
