@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 import bench_dashboard  # noqa: E402
+from chaos_campaign import drop_database, fresh_database  # noqa: E402
 
 from arihpc.monitor import views  # noqa: E402
 from arihpc.store.campaign import CampaignStore, Finish  # noqa: E402
@@ -56,21 +57,7 @@ VALID = {"done": {"done"}, "failed": {"failed", "waiting"}, "yielded": {"new"}}
 
 def create_database(server_url: str) -> str:
     """A fresh database on the server of ``server_url``; its URL."""
-    server = sa.make_url(server_url)
-    name = f"arihpc_bench_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return server.set(database=name).render_as_string(hide_password=False)
-
-
-def drop_database(url: str) -> None:
-    database = sa.make_url(url)
-    admin = sa.create_engine(database.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{database.database}" WITH (FORCE)'))
-    admin.dispose()
+    return fresh_database(server_url, f"arihpc_bench_{uuid.uuid4().hex[:12]}")
 
 
 def _ran(stage: str, started: float) -> dict:

@@ -82,20 +82,21 @@ def read_scrape(store: CampaignStore, profiles: Mapping[str, SiteProfile | None]
     return Scrape(numbers, campaign, now, cpu_s, time.time())
 
 
-def _gauge(name: str, documentation: str, labels: list[str],
-           samples: Iterable[tuple[list[str], float]]) -> GaugeMetricFamily:
-    family = GaugeMetricFamily(name, documentation, labels=labels)
+def _family(kind, name: str, documentation: str, labels: list[str],
+            samples: Iterable[tuple[list[str], float]]):
+    """A metric family of ``kind`` (GaugeMetricFamily, CounterMetricFamily) with samples."""
+    family = kind(name, documentation, labels=labels)
     for values, value in samples:
         family.add_metric(values, value)
     return family
 
 
-def _counter(name: str, documentation: str, labels: list[str],
-             samples: Iterable[tuple[list[str], float]]) -> CounterMetricFamily:
-    family = CounterMetricFamily(name, documentation, labels=labels)
-    for values, value in samples:
-        family.add_metric(values, value)
-    return family
+def _gauge(*args) -> GaugeMetricFamily:
+    return _family(GaugeMetricFamily, *args)
+
+
+def _counter(*args) -> CounterMetricFamily:
+    return _family(CounterMetricFamily, *args)
 
 
 def progress_families(scrape: Scrape) -> Iterator[Metric]:
