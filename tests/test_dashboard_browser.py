@@ -139,7 +139,7 @@ def test_site_page_shows_the_store_the_batch_jobs_and_drawn_plots(tmp_path):
                 jobs = sorted(row[0] for row in table(driver, "jobs"))
                 running = table(driver, "running")
                 staged = any(row[2] in ("fetch", "restore", "image", "export")
-                             and row[6].endswith("GB") for row in running)
+                             and re.fullmatch(r"[\d.,]+ [kMGT]B", row[6]) for row in running)
                 if before == store_counts(store) and jobs_before == squeue_ids() and jobs \
                         and staged:
                     break
@@ -147,8 +147,8 @@ def test_site_page_shows_the_store_the_batch_jobs_and_drawn_plots(tmp_path):
             assert {k: shown.get(k) for k in before} == before
             assert jobs == jobs_before and jobs
             assert running and staged, running
-            counts = rendered(driver, 6)            # workers + the site's five
-            assert len(counts) == 6 and all(counts), counts
+            counts = rendered(driver, 10)           # workers, the site's five, ARIQA's four
+            assert len(counts) == 10 and all(counts), counts
             share = not_blank(driver.get_screenshot_as_png())
             assert share > 0.03, f"screenshot nearly blank: {share:.3f} of pixels drawn"
             assert "dask dashboard" in driver.page_source
@@ -177,7 +177,7 @@ def test_the_report_opens_offline_with_every_figure_drawn(tmp_path):
     out = tmp_path / "report.html"
     assert run(url, "report", "--out", out, "--site", profile.path).exit_code == 0
     figures = out.read_text().count("data-root-id")
-    assert figures == 10
+    assert figures == 14                        # the campaign's 5, ARIQA's 4, the site's 5
     with chromium(offline=True) as driver:
         driver.get(out.as_uri())
         counts = rendered(driver, figures)
@@ -187,3 +187,95 @@ def test_the_report_opens_offline_with_every_figure_drawn(tmp_path):
         assert fetched == []                        # nothing loaded from anywhere
         assert "Run time against raw size (4 MOUS done)" in driver.page_source
         assert not_blank(driver.get_screenshot_as_png()) > 0.03
+
+
+# Each Bokeh axis of the page with the labels it draws (tick labels are drawn on a canvas:
+# read them from BokehJS's axis views), but datetime and categorical axes.
+AXIS_LABELS = """
+const found = [];
+for (const root of Bokeh.index) {
+  for (const view of root.renderer_views?.values() ?? []) {
+    const type = view.model.type;
+    if (!type.endsWith('Axis') || type === 'DatetimeAxis' || type === 'CategoricalAxis') continue;
+    const ticks = view.tick_coords.major[view.dimension];
+    const labels = view.compute_labels(ticks);
+    found.push([root.model.title?.text ?? '', view.model.axis_label ?? '',
+                (labels.items ?? [...labels]).map((label) => label.text)]);
+  }
+}
+return found;
+"""
+NUMBER = re.compile(r"(?<![\w.])[-−]?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?(?![\w])")
+UNITS = {"ms": 1e-3, "s": 1, "min": 60, "h": 3600, "d": 86400}
+
+
+def below_a_hundredth(texts: list[str]) -> list[str]:
+    """The texts that show a number other than 0 below 0.01 (0.00 counts as one)."""
+    found = []
+    for text in texts:
+        for number in NUMBER.findall(text):
+            value = abs(float(number.replace(",", "").replace("−", "-")))
+            if value < 0.01 and (value > 0 or "." in number):
+                found.append(text)
+    return found
+
+
+def seconds(text: str) -> float | None:
+    """'1.23 min' -> 73.8; '-' -> None."""
+    if text == "-":
+        return None
+    number, unit = text.split()
+    return float(number.replace(",", "")) * UNITS[unit]
+
+
+def column(driver, name: str) -> list[str]:
+    from selenium.webdriver.common.by import By
+
+    return [cell.text for cell in driver.find_elements(By.CSS_SELECTOR,
+                                                       f"table.mous tbody td.{name}")]
+
+
+@pytest.mark.casa
+def test_the_demo_report_sorts_loads_its_thumbnails_and_shows_no_value_below_0_01(
+        tmp_path_factory):
+    from selenium.webdriver.common.by import By
+    from test_report import demo_report
+
+    report = demo_report(tmp_path_factory)
+    html = report.read_text()
+    start = html.index('<table class="mous"')
+    rows = re.findall(r"<tr>(.*?)</tr>", html[start:html.index("</table>", start)])
+    written = [[re.sub(r"<[^>]+>", "", cell) for cell in re.findall(r"<td[^>]*>(.*?)</td>", row)]
+               for row in rows]
+    with chromium(offline=True) as driver:
+        driver.get(report.as_uri())
+        counts = rendered(driver, html.count("data-root-id"))
+        assert all(counts), counts
+        # the page's script draws the rows as the report wrote them (units mirrored in JS)
+        shown = table(driver, "mous")
+        assert len(shown) == 12 and shown == [row for row in written if row]
+        driver.find_element(By.CSS_SELECTOR, 'th[data-key="run_time"] a').click()
+        ran = [seconds(t) for t in column(driver, "run_time")]
+        assert ran[:6] == sorted(ran[:6]) and ran[6:] == [None] * 6, ran
+        driver.find_element(By.CSS_SELECTOR, 'th[data-key="run_time"] a').click()
+        ran = [seconds(t) for t in column(driver, "run_time")]
+        assert ran[:6] == sorted(ran[:6], reverse=True) and ran[6:] == [None] * 6, ran
+        assert driver.find_element(By.CSS_SELECTOR, 'th[data-key="run_time"]'
+                                   ).get_attribute("aria-sort") == "descending"
+        loaded = driver.execute_script(
+            "return [...document.querySelectorAll('.gallery img')].map("
+            "(img) => img.complete ? img.naturalWidth : 0)")
+        assert len(loaded) == 6 and all(width > 0 for width in loaded), loaded
+        axes = driver.execute_script(AXIS_LABELS)
+        assert len(axes) >= 10 and all(labels for _, _, labels in axes[:4]), axes
+        assert below_a_hundredth([label for *_, labels in axes for label in labels]) == []
+        cells = [cell.text for cell in driver.find_elements(By.CSS_SELECTOR, "td")
+                 if not {"uid", "project", "source", "why"} & set(
+                     (cell.get_attribute("class") or "").split())]
+        assert len(cells) > 100 and below_a_hundredth(cells) == []
+        folder = tmp_path_factory.getbasetemp() / "screenshots"
+        folder.mkdir(exist_ok=True)
+        driver.set_window_size(1300, driver.execute_script("return document.body.scrollHeight"))
+        png = driver.get_screenshot_as_png()
+        (folder / "report.png").write_bytes(png)
+        assert not_blank(png) > 0.03

@@ -6,16 +6,20 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 import sqlalchemy as sa
 from helpers import import_sizes, run
+from matplotlib.image import imsave
 from test_campaign import campaign, orchestrate, site_profile
 
-from arihpc.monitor import server, views
+from arihpc.monitor import mous_list, server, stats, views
+from arihpc.mous import disk_name
 from arihpc.store.campaign import CampaignStore
-from arihpc.store.schema import attempts, mous
+from arihpc.store.schema import attempts, mous, stages
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +38,29 @@ def finished(tmp_path_factory):
                           "arihpc.planning.median-memory-gb": 0.4,
                           "arihpc.planning.min-memory-gb": 0.1}):
         store = orchestrate(url, profile, {"cpu-s-per-gb": 0.02, "fail-plan": plan})
+    qa_products(Path(profile.storage.work_dir) / disk_name(uids[2]), uids[2])
     return url, store, profile, tmp_path
+
+
+def qa_products(workdir: Path, uid: str) -> None:
+    """What the product stages would leave in a work directory (the emulator makes none): an
+    ARIQA table (one product accepted, one rejected), a continuum preview and a weblog."""
+    from test_report_units import _table
+
+    from arihpc.products import ariqa
+
+    stem = f"member.{disk_name(uid)}.M83_sci.spw0_1.cont.I.pbcor"
+    ariqa.write_table(_table([
+        {"product": f"{stem}.fits", "verdict": "accept", "reason": "within 30%",
+         "reldiff_peak": 0.04, "reldiff_flux": -0.02, "reldiff_rms": 0.01,
+         "reldiff_dynamic_range": 0.03},
+        {"product": f"{stem.replace('cont', 'cube')}.fits", "verdict": "reject",
+         "reason": "rms 1.60 x QA2's > 1.30", "reldiff_peak": -0.1, "reldiff_flux": 0.2,
+         "reldiff_rms": 0.23, "reldiff_dynamic_range": -0.3}]), workdir / "qa" / "ariqa.ecsv")
+    (workdir / "preview").mkdir()
+    imsave(workdir / "preview" / f"{stem}.png", np.random.default_rng(1).random((50, 60)))
+    (workdir / "weblog").mkdir()
+    (workdir / "weblog" / "index.html").write_text("<!DOCTYPE html><title>weblog</title>\n")
 
 
 def get(url: str, headers: dict | None = None) -> tuple[int, str, dict]:
@@ -177,13 +203,23 @@ def test_the_report_is_one_file_that_needs_no_network(finished, tmp_path):
     result = run(url, "report", "--out", out, "--site", profile.path)
     assert result.exit_code == 0, result.output
     html = out.read_text()
-    assert not re.search(r"<(script|link|img)[^>]+(src|href)=", html)   # nothing fetched
+    # nothing fetched: no script, style or image from anywhere (the thumbnails are data: URIs)
+    assert not re.search(r"<(script|link|img)[^>]+(src|href)=\"(?!data:)", html)
+    assert html.count('<img src="data:image/png;base64,') == 1
     assert "<script>" in html and "Bokeh" in html
     assert len(html) > 500_000                                      # BokehJS is inside
-    # the campaign's five figures, the site's five and its workers' table
-    assert html.count("data-root-id") == 10
+    # the campaign's five figures, ARIQA's four, the site's five
+    assert html.count("data-root-id") == 14
     assert "Run time against raw size (6 MOUS done)" in html
     assert f"Site {profile.name}" in html and "casa-version" in html
+    # every MOUS, the failed one with the line that decided it
+    rows = json.loads(re.search(r'id="mous-data">(.*?)</script>', html).group(1))["rows"]
+    assert len(rows) == 7
+    [failed] = [row for row in rows if row[12].startswith("failed")]
+    assert failed[12] == "failed: casa-version" and failed[13]
+    # the ARIQA table in the work directory of the third MOUS: counted, the rejected listed
+    assert re.search(r"<td>accepted</td><td>1</td>.*<td>rejected</td><td>1</td>", html, re.S)
+    assert "rms 1.60 x QA2&#39;s &gt; 1.30" in html
 
 
 def test_a_stage_publishes_its_memory_to_the_worker_metrics():
@@ -225,3 +261,82 @@ def test_a_staging_mous_is_counted_as_staging_then_running(tmp_path):
     attempt = store.start_attempt(claim.uid, "eso", 1.0, "staging")
     assert store.recover("eso") == 1                            # a dead run's staging MOUS
     assert store.states()[claim.uid][0] == "new"
+
+
+def test_the_mous_table_is_sorted_filtered_and_paged_by_the_store(finished):
+    url, store, profile, _ = finished
+    with store.engine.connect() as conn:
+        run_s = dict(conn.execute(sa.select(mous.c.uid, sa.func.sum(stages.c.wall_s))
+                                  .join(stages, stages.c.uid == mous.c.uid)
+                                  .group_by(mous.c.uid)).all())
+    app = server.make_app(store, {profile.name: profile})
+    port, stop = server.serve_in_thread(app)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        page = json.loads(get(f"{base}/api/mous?sort=run_time&order=desc&per=10")[1])
+        assert page["total"] == 7
+        slowest = sorted(run_s, key=run_s.get, reverse=True)
+        assert [m["uid"] for m in page["mous"]][:len(slowest)] == slowest
+        second = json.loads(get(f"{base}/api/mous?sort=run_time&order=desc&per=10&page=2")[1])
+        assert second["mous"] == []
+        failed = json.loads(get(f"{base}/api/mous?state=failed")[1])
+        assert failed["total"] == 1 and failed["mous"][0]["error_class"] == "casa-version"
+        assert failed["mous"][0]["why"]                    # its attempt's deciding line
+        found = json.loads(get(f"{base}/api/mous?q=x20/x3")[1])
+        assert [m["uid"] for m in found["mous"]] == ["uid://A001/X20/X3"]
+        assert found["mous"][0]["ariqa"] == "1 accept, 1 reject"
+        status, html, _ = get(f"{base}/site/{profile.name}?sort=run_time&order=desc&per=10")
+        assert status == 200 and '<table class="mous"' in html
+        assert 'aria-sort="descending"' in html and "page 1 of 1 (7 MOUS)" in html
+        assert "mous-data" not in html                     # live: one page, from the store
+        assert "Products by ARIQA verdict" in html and "Product gallery" in html
+    finally:
+        stop()
+
+
+def test_a_mous_links_to_its_weblog_products_and_preview_and_nothing_else_is_served(finished):
+    url, store, profile, _ = finished
+    port, stop = server.serve_in_thread(server.make_app(store, {profile.name: profile}))
+    base, name = f"http://127.0.0.1:{port}", disk_name("uid://A001/X20/X3")
+    try:
+        _, html, _ = get(f"{base}/")
+        assert f'href="/mous/{name}/file/weblog/index.html"' in html
+        assert f'<img src="/mous/{name}/thumbnail"' in html
+        with urllib.request.urlopen(f"{base}/mous/{name}/thumbnail", timeout=30) as answer:
+            assert answer.headers["Content-Type"] == "image/png"
+            assert answer.read().startswith(b"\x89PNG")
+        assert get(f"{base}/mous/{name}/file/weblog/index.html")[1].startswith("<!DOCTYPE")
+        assert get(f"{base}/mous/{name}/file/qa/ariqa.ecsv")[0] == 200
+        for path in ("file/../../campaign.db", "file/qa/../../../campaign.db",
+                     "file/checkpoints/fetch.json", "file/log/fetch.log", "nothing"):
+            assert get(f"{base}/mous/{name}/{path}")[0] == 404, path
+        assert get(f"{base}/mous/not-a-uid/thumbnail")[0] == 404
+        assert get(f"{base}/mous/uid___A001_X20_X1/thumbnail")[0] == 404     # no preview
+    finally:
+        stop()
+
+
+def test_mous_slots_count_what_ran_at_once_when_the_profile_says_less(tmp_path):
+    url, uids = campaign(tmp_path, 3)
+    store = CampaignStore.open(url)
+    claims = store.claim("local", "local@1", 3)
+    for n, claim in enumerate(claims):      # three MOUS computing 100-400 s, two at a time
+        start = 1000.0 + 100 * n
+        attempt = store.start_attempt(claim.uid, "local", 1.0)
+        records = {name: {"stage": name, "start": start + offset, "end": start + offset + 150,
+                          "wall_s": 150, "cpu_s": 100, "peak_rss": 10**8, "outputs": {}}
+                   for name, offset in (("fetch", 0), ("image", 0))}
+        store.finish_attempt(attempt, {"uid": claim.uid, "status": "done", "records": records},
+                             "done")
+    with store.engine.connect() as conn:
+        assert stats.concurrency_seen(conn) == {"local": 2}
+    numbers = views.read_numbers(store)
+    one_slot = site_profile(tmp_path, "  one: {cores: 1, memory: 2GB, slots: 1}\n", 1)
+    assert one_slot.mous_slots == 1
+    assert views.mous_slots(numbers, {"local": one_slot}) == {"local": 2}
+    four = site_profile(tmp_path, "  one: {cores: 4, memory: 8GB, slots: 4}\n", 1)
+    view = views.campaign_view(numbers, {"local": four})
+    assert view["expected_end"]["slots"] == 4
+    with store.engine.connect() as conn:
+        rows = mous_list.read_rows(conn)
+    assert [r.state for r in rows] == ["done"] * 3

@@ -87,7 +87,9 @@ class Orchestrator(OutcomeRecorder):
         # Where the dashboards find this site's scheduler (arihpc/monitor/live.py).
         self.store.log_event("site-start", site=self.profile.name, owner=self.owner,
                              scheduler=self.cluster.cluster.scheduler_address,
-                             dashboard=self.cluster.cluster.dashboard_link)
+                             dashboard=self.cluster.cluster.dashboard_link,
+                             profile=str(Path(self.profile.path).resolve())
+                             if self.profile.path else None)
         self.news.watch()
         try:
             return self._run(stop)

@@ -92,7 +92,10 @@ def dashboard_command(ctx: click.Context, sites: tuple[str, ...], host: str, por
     workers' memory and CPU against what they advertise (from the site's dask scheduler,
     with a link to its own dashboard), the running MOUS with stage and peak RSS so far,
     run time against raw size with the planning model, peak memory, failure classes,
-    throughput and the expected end. The same data is JSON under /api/ (/api/status is
+    throughput and the expected end; the MOUS table (one page, sorted and filtered by the
+    store: ?sort=run_time&order=desc&q=TEXT&state=failed&page=2) with links to each MOUS's
+    weblog and products, ARIQA's counts and distributions, and the continuum previews. The
+    same data is JSON under /api/ (/api/mous: a page of the MOUS table; /api/status is
     `arihpc status --format json`), and /metrics serves the figures to Prometheus
     (docs/metrics.md; a Grafana dashboard in docs/grafana-arihpc.json). Read-only: no page
     changes anything. Off 127.0.0.1 every request needs the token (for Prometheus: the
@@ -130,7 +133,10 @@ def dashboard_command(ctx: click.Context, sites: tuple[str, ...], host: str, por
 @click.pass_context
 def report_command(ctx: click.Context, out: Path, sites: tuple[str, ...]) -> None:
     """Write one self-contained HTML file of the campaign: the dashboard's figures and tables
-    for the whole campaign and for each site, BokehJS inlined (opens with no network)."""
+    for the whole campaign and for each site, every MOUS in a table the page sorts and
+    filters (excluded ones with their reasons; links to weblogs and products on this
+    machine), ARIQA's counts and distributions, a gallery of continuum previews. BokehJS
+    and the thumbnails are inlined: it opens with no network."""
     from arihpc.monitor import pages
 
     store = campaign_store(ctx)

@@ -7,9 +7,21 @@ the figure shows and an empty-state note where there is nothing to show yet.
 from __future__ import annotations
 
 import numpy as np
-from bokeh.models import ColumnDataSource, HoverTool, Label, Span
+from bokeh.models import (
+    BoxAnnotation,
+    ColumnDataSource,
+    FixedTicker,
+    HoverTool,
+    Label,
+    Range1d,
+    Span,
+    Title,
+)
 from bokeh.plotting import figure
 
+from arihpc.monitor import units
+
+GB = 1e9
 WIDTH, HEIGHT = 560, 300
 COLOURS = {"queued": "#9e9e9e", "staging": "#7e57c2", "running": "#1e88e5", "done": "#43a047",
            "failed": "#e53935", "cancelled": "#ffb300", "excluded": "#bdbdbd"}
@@ -17,7 +29,8 @@ PROGRESS_ORDER = ("queued", "staging", "running", "done", "failed", "cancelled",
 
 
 def _figure(title: str, **kwargs):
-    plot = figure(title=title, width=WIDTH, height=HEIGHT, toolbar_location="right",
+    kwargs.setdefault("height", HEIGHT)
+    plot = figure(title=title, width=WIDTH, toolbar_location="right",
                   tools="pan,wheel_zoom,box_zoom,reset,save", **kwargs)
     plot.title.text_font_size = "12pt"
     return plot
@@ -43,41 +56,70 @@ def progress(numbers: dict):
     return plot
 
 
+def _log_axis(axis, values, unit: units.Unit) -> Range1d:
+    """A log axis over these values (in ``unit``): its range, and ticks at 1-2-5 multiples
+    of powers of ten labelled in that unit (wide beyond the data, for panning)."""
+    low, high = units.log_range(values)
+    ticks = units.log_ticks(low, high, margin=1000)
+    axis.ticker = FixedTicker(ticks=ticks)
+    axis.major_label_overrides = {tick: units.number(tick) for tick in ticks}
+    return Range1d(low, high)
+
+
+def _legend_below(plot):
+    """The figure's legend moved under the plot, off its points; a click on an entry hides
+    what it names."""
+    legend = plot.legend[0]
+    plot.center.remove(legend)
+    legend.update(orientation="horizontal", click_policy="hide", label_text_font_size="9pt",
+                  spacing=12, location="center")
+    plot.add_layout(legend, "below")
+    return plot
+
+
 def runtime_vs_size(runs: dict, model: dict):
     """Run time against raw size, log-log, with the planning model fitted to these runs."""
-    sizes, hours = np.asarray(runs["size_gb"]), np.asarray(runs["hours"])
-    keep = (sizes > 0) & (hours > 0)
+    size_b = np.asarray(runs["size_gb"], dtype=float) * GB
+    run_s = np.asarray(runs["hours"], dtype=float) * 3600
+    keep = (size_b > 0) & (run_s > 0)
+    size_unit, time_unit = units.pick(size_b[keep], units.SIZE), \
+        units.pick(run_s[keep], units.DURATION)
+    x, y = size_unit.of(size_b[keep]), time_unit.of(run_s[keep])
     plot = _figure(f"Run time against raw size ({int(keep.sum())} MOUS done)",
-                   x_axis_type="log", y_axis_type="log")
-    plot.xaxis.axis_label, plot.yaxis.axis_label = "raw size (GB)", "run time (h)"
+                   x_axis_type="log", y_axis_type="log", height=HEIGHT + 40)
+    plot.xaxis.axis_label = size_unit.label("raw size")
+    plot.yaxis.axis_label = time_unit.label("run time")
+    plot.x_range, plot.y_range = _log_axis(plot.xaxis, x, size_unit), \
+        _log_axis(plot.yaxis, y, time_unit)
     if not keep.any():
         return _empty(plot, "no MOUS done yet")
-    plot.scatter(sizes[keep], hours[keep], size=5, alpha=0.5, color=COLOURS["running"],
-                 legend_label="MOUS")
-    x = np.geomspace(sizes[keep].min(), sizes[keep].max() * 1.01, 50)
-    line = 10 ** model["intercept"] * x ** model["slope"]
+    plot.scatter(x, y, size=6, alpha=0.6, color=COLOURS["running"],
+                 legend_label=f"MOUS done ({int(keep.sum())})")
+    line_x = np.geomspace(plot.x_range.start, plot.x_range.end, 50)
+    # the model: hours from GB; drawn in the axes' units
+    line_y = 10 ** model["intercept"] * (line_x * size_unit.factor / GB) ** model["slope"]
     fitted = f"fitted to {model['points']}" if model["points"] else "study defaults"
-    plot.line(x, line, color="#e53935", line_width=2,
+    plot.line(line_x, line_y * 3600 / time_unit.factor, color="#e53935", line_width=2,
               legend_label=f"model: t ∝ size^{model['slope']:.2f} ({fitted})")
-    plot.legend.location = "top_left"
-    return plot
+    return _legend_below(plot)
 
 
 def peak_memory(finished_gb: list[float], cut_gb: list[float]):
-    """Distribution of peak RSS: MOUS done, and attempts cut by walltime."""
+    """Distribution of peak RSS: MOUS done, and attempts cut by walltime, in nice bins."""
+    finished, cut = np.asarray(finished_gb, float) * GB, np.asarray(cut_gb, float) * GB
+    unit = units.pick([*finished, *cut], units.SIZE)
     plot = _figure("Peak memory: finished runs and runs cut by walltime")
-    plot.xaxis.axis_label, plot.yaxis.axis_label = "peak RSS (GB)", "runs"
-    every = np.asarray([*finished_gb, *cut_gb], dtype=float)
-    if not every.size:
+    plot.xaxis.axis_label, plot.yaxis.axis_label = unit.label("peak RSS"), "runs"
+    edges = units.nice_bins(unit.of([*finished, *cut]))
+    if not edges.size:
         return _empty(plot, "no run has ended yet")
-    edges = np.histogram_bin_edges(every, bins=30)
-    for values, label, colour in ((finished_gb, "finished", COLOURS["done"]),
-                                  (cut_gb, "cut by walltime", COLOURS["failed"])):
-        counts = np.histogram(np.asarray(values, dtype=float), bins=edges)[0]
+    for values, label, colour in ((finished, "finished", COLOURS["done"]),
+                                  (cut, "cut by walltime", COLOURS["failed"])):
+        counts = np.histogram(unit.of(values), bins=edges)[0]
         plot.quad(left=edges[:-1], right=edges[1:], bottom=0, top=counts, alpha=0.5,
                   color=colour, legend_label=f"{label} ({len(values)})")
     plot.y_range.start = 0
-    return plot
+    return _legend_below(plot)
 
 
 def failure_classes(classes: dict[str, int]):
@@ -103,7 +145,8 @@ def throughput(flow: dict, end: dict, selected: int):
     ms = np.asarray(flow["start"]) * 1000
     width = flow["bin_s"] * 1000
     plot.vbar(x=ms + width / 2, top=flow["done"], width=width * 0.9, alpha=0.4,
-              color=COLOURS["running"], legend_label=f"done per {flow['bin_s'] // 60:g} min")
+              color=COLOURS["running"],
+              legend_label=f"done per {units.human(flow['bin_s'], units.DURATION)}")
     plot.line(ms + width, flow["total"], color=COLOURS["done"], line_width=2,
               legend_label="done, total")
     for key, colour, label in (("model_end", "#e53935", "model"), ("pace_end", "#fb8c00", "pace")):
@@ -112,29 +155,66 @@ def throughput(flow: dict, end: dict, selected: int):
                       color=colour, line_dash="dashed", legend_label=f"expected end ({label})")
             plot.add_layout(Span(location=end[key] * 1000, dimension="height",
                                  line_color=colour, line_dash="dotted"))
-    plot.legend.location = "top_left"
-    return plot
+    return _legend_below(plot)
 
 
 def workers(found: list[dict]):
     """Memory in use against what each worker advertises."""
     names = [w["name"] for w in found]
-    plot = _figure("Workers: memory in use / advertised (GB)",
+    unit = units.pick([w["memory_limit_gb"] * GB for w in found], units.SIZE)
+    plot = _figure(f"Workers: memory in use / advertised ({unit.name})",
                    y_range=list(reversed(names)) or ["none"])
+    plot.xaxis.axis_label = unit.label("memory")
     if not names:
         return _empty(plot, "no worker connected")
     source = ColumnDataSource({"name": names,
-                               "limit": [w["memory_limit_gb"] for w in found],
-                               "used": [w["memory_gb"] for w in found],
+                               "limit": unit.of([w["memory_limit_gb"] * GB for w in found]),
+                               "used": unit.of([w["memory_gb"] * GB for w in found]),
                                "cpu": [w["cpu_percent"] for w in found]})
     plot.hbar(y="name", right="limit", height=0.7, color="#e0e0e0", source=source,
               legend_label="advertised")
     plot.hbar(y="name", right="used", height=0.4, color=COLOURS["running"], source=source,
               legend_label="in use")
-    plot.add_tools(HoverTool(tooltips=[("worker", "@name"), ("in use", "@used{0.00} GB"),
-                                       ("advertised", "@limit{0.00} GB"),
+    plot.add_tools(HoverTool(tooltips=[("worker", "@name"),
+                                       ("in use", f"@used{{0.00}} {unit.name}"),
+                                       ("advertised", f"@limit{{0.00}} {unit.name}"),
                                        ("CPU", "@cpu{0} %")]))
     plot.x_range.start = 0
+    return _legend_below(plot)
+
+
+CDF_POINTS = 2000          # a distribution of more values is drawn through this many quantiles
+
+
+def reldiff_cdf(label: str, values: np.ndarray, band, compared: int):
+    """The cumulative distribution of one relative difference (a - b)/(a + b), in per cent,
+    with its reference band (arihpc.monitor.ariqa_results.Band) shaded."""
+    percent = np.sort(np.asarray(values, dtype=float)) * 100
+    bounded = band.low is not None or band.high is not None
+    inside = float(band.holds(percent / 100).mean()) if percent.size else 0.0
+    within = f"; {inside:.0%} within the band" if percent.size and bounded else ""
+    plot = _figure(f"{label[0].upper()}{label[1:]}: {percent.size} products{within}",
+                   height=HEIGHT - 20)
+    plot.title.text_font_size = "11pt"
+    plot.xaxis.axis_label = f"{label}: (a − b)/(a + b), pipeline a vs QA2 b (%)"
+    plot.yaxis.axis_label = "fraction of products ≤ x"
+    extent = max(25.0, float(np.abs(percent).max()) * 1.1 if percent.size else 0.0)
+    plot.x_range, plot.y_range = Range1d(-extent, extent), Range1d(0, 1.05)
+    if bounded:
+        plot.add_layout(BoxAnnotation(left=None if band.low is None else band.low * 100,
+                                      right=None if band.high is None else band.high * 100,
+                                      fill_color="#43a047", fill_alpha=0.12, line_alpha=0))
+    plot.add_layout(Title(text=band.source, text_font_size="9pt", text_color="#616161",
+                          text_font_style="normal"), "below")
+    if not percent.size:
+        return _empty(plot, f"none compared with QA2 ({compared} ARIQA tables)")
+    if percent.size > CDF_POINTS:
+        levels = np.linspace(0, 1, CDF_POINTS)
+        x, y = np.quantile(percent, levels), levels
+    else:
+        x, y = percent, np.arange(1, percent.size + 1) / percent.size
+    plot.step(np.concatenate([[x[0]], x]), np.concatenate([[0], y]), mode="after",
+              line_width=2, color=COLOURS["running"])
     return plot
 
 

@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import time
 from importlib import resources as package_files
-from pathlib import Path
 from typing import Mapping
 
 import jinja2
 from bokeh.document import Document
 from bokeh.embed import components
 from bokeh.resources import Resources
+from bokeh.settings import settings as bokeh_settings
 
-from arihpc import __version__
-from arihpc.monitor import figures, views
+from arihpc import __version__, config
+from arihpc.monitor import figures, mous_list, sections, units, views, workfiles
+from arihpc.monitor.ariqa_results import AriqaSummary
 from arihpc.monitor.stats import CampaignNumbers
 from arihpc.sites.profile import SiteProfile
 from arihpc.store.campaign import CampaignStore
 
+GB = 1e9
 BOKEH_COMPONENTS = ["bokeh"]        # BokehJS's core is all these figures need
 _template = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).from_string(
     package_files.files("arihpc.monitor").joinpath("templates/page.html").read_text())
@@ -45,7 +47,13 @@ def span(seconds: float | None) -> str:
 
 
 def gb(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f} GB"
+    """A memory or size given in GB, in the unit picked for it: '325 MB', '1.5 GB'."""
+    return units.human(None if value is None else value * GB, units.SIZE)
+
+
+def used_of(used_gb: float, limit_gb: float) -> str:
+    """Memory in use of what is advertised, each in its own unit: '410 MB / 8 GB'."""
+    return f"{gb(used_gb)} / {gb(limit_gb)}"
 
 
 def _table(table_id: str, title: str, columns, rows, empty: str = "none") -> dict:
@@ -61,7 +69,10 @@ def progress_table(numbers: dict, title: str = "MOUS by state",
 
 
 def end_table(end: dict) -> dict:
-    rows = [["MOUS left", end["left"]], ["MOUS slots of the known sites", end["slots"]],
+    per_site = ", ".join(f"{name} {n}" for name, n in end.get("slots_by_site", {}).items())
+    rows = [["MOUS left", end["left"]],
+            ["MOUS slots (each site's profile, or the most seen computing at once)",
+             f"{end['slots']} ({per_site})" if per_site else end["slots"]],
             ["expected end (model)", f"{when(end['model_end'])} "
                                      f"(in {span(end['model_hours'] * 3600)})"
              if end["model_end"] else "-"],
@@ -75,7 +86,7 @@ def now_tables(now: dict) -> list[dict]:
     """The batch jobs, workers and running MOUS of one site now."""
     jobs = [[j["job_id"], j["node_class"], j["state"], span(j["used_s"]), span(j["left_s"]),
              span(j["limit_s"])] for j in now["jobs"]]
-    workers = [[w["name"], w["threads"], f"{w['memory_gb']:.2f} / {w['memory_limit_gb']:.2f}",
+    workers = [[w["name"], w["threads"], used_of(w["memory_gb"], w["memory_limit_gb"]),
                 f"{w['cpu_percent']:.0f}", ", ".join(f"{s['uid']} {s['stage']}"
                                                      for s in w["stages"]) or "-"]
                for w in now["workers"]]
@@ -86,7 +97,7 @@ def now_tables(now: dict) -> list[dict]:
         _table("jobs", "Batch jobs", ["job", "node class", "state", "walltime used",
                                       "walltime left", "walltime asked"], jobs,
                now["queue_error"] or "no arihpc job in the batch queue"),
-        _table("workers", "Workers", ["worker", "threads", "memory in use / advertised (GB)",
+        _table("workers", "Workers", ["worker", "threads", "memory in use / advertised",
                                       "CPU %", "running"], workers,
                now["scheduler"]["error"] or "no worker connected"),
         _table("running", "Running MOUS", ["MOUS", "state", "stage", "elapsed",
@@ -95,10 +106,12 @@ def now_tables(now: dict) -> list[dict]:
     ]
 
 
-def _store_section(section_id: str, title: str, view: dict) -> tuple[dict, dict]:
-    """A section of a campaign view's tables, and its figures by name."""
+def _store_section(section_id: str, title: str, view: dict,
+                   drawn: bool = True) -> tuple[dict, dict]:
+    """A section of a campaign view's tables, and its figures by name (none unless
+    ``drawn``)."""
     plots = {f"{section_id}-{name}": plot
-             for name, plot in figures.campaign_figures(view).items()}
+             for name, plot in (figures.campaign_figures(view) if drawn else {}).items()}
     section = {"id": section_id, "title": title, "notes": [], "figures": list(plots),
                "tables": [progress_table(view["progress"]), end_table(view["expected_end"])]}
     return section, plots
@@ -112,7 +125,14 @@ def _render(title: str, subtitle: str, sections: list[dict], plots: dict, resour
         with document.models.freeze():
             for plot in plots.values():
                 document.add_root(plot)
-    script, divs = components(plots) if plots else ("", {})
+    # The figures are built here and checked by the tests: Bokeh's validation of the whole
+    # document (a fifth of the time of a report with 30 figures) is left out.
+    validating = bokeh_settings.perform_document_validation
+    validating.set_value(False)
+    try:
+        script, divs = components(plots) if plots else ("", {})
+    finally:
+        validating.unset_value()
     for section in sections:
         section["figures"] = [divs[name] for name in section["figures"]]
     return _template.render(title=title, subtitle=subtitle, sections=sections, nav=list(nav),
@@ -124,10 +144,33 @@ def live_resources(root_url: str = "/") -> str:
     return Resources(mode="server", root_url=root_url, components=BOKEH_COMPONENTS).render()
 
 
+def mous_sections(prefix: str, entries: list[sections.MousEntry], table: sections.MousTable,
+                  summary: AriqaSummary, links) -> tuple[list[dict], dict]:
+    """The MOUS table, the ARIQA section and the gallery of these MOUS, with the ARIQA
+    figures by name."""
+    ariqa, plots = sections.ariqa_section(f"{prefix}-ariqa", summary,
+                                          float(config.get("products.ariqa-threshold")))
+    return [sections.mous_section(table), ariqa,
+            sections.gallery_section(f"{prefix}-gallery", entries, links)], plots
+
+
+def _live_mous(store: CampaignStore, profiles: Mapping[str, SiteProfile | None],
+               site: str | None, arguments: Mapping[str, str]) -> tuple[list[dict], dict]:
+    """A live page's MOUS sections: one page of the table from the store, the ARIQA of the
+    site (or campaign), the thumbnails of the MOUS on that page."""
+    query = mous_list.TableQuery.from_arguments(arguments, site)
+    entries, total = views.mous_page(store, profiles, query)
+    title = f"MOUS claimed by {site}" if site else "Every MOUS"
+    table = sections.mous_table(entries, workfiles.LiveLinks(), query, total, False, title)
+    return mous_sections(site or "campaign", entries, table,
+                         views.ariqa_summary(store, profiles, site), workfiles.LiveLinks())
+
+
 def site_page(store: CampaignStore, site: str, site_profile: SiteProfile | None,
               profiles: Mapping[str, SiteProfile | None], refresh: int | None = 10,
-              resources: str | None = None) -> str:
-    """One site: what runs there now, and its share of the campaign."""
+              resources: str | None = None, arguments: Mapping[str, str] | None = None) -> str:
+    """One site: what runs there now, its share of the campaign, its MOUS (one page of the
+    table, by the page's query ``arguments``), their ARIQA and previews."""
     now = views.site_view(store, site, site_profile)
     numbers = views.read_numbers(store)
     section, plots = _store_section("site", f"{site}: MOUS claimed here",
@@ -139,12 +182,14 @@ def site_page(store: CampaignStore, site: str, site_profile: SiteProfile | None,
     current = {"id": "now", "title": f"{site} now", "tables": now_tables(now),
                "notes": [f"dask dashboard of this site: {dashboard}"] if dashboard and
                not now["scheduler"]["error"] else [], "figures": list(live_plot)}
+    more, ariqa_plots = _live_mous(store, profiles, site, arguments or {})
     subtitle = (f"arihpc {__version__} · {when(now['at'])} · "
                 f"{'refreshes every %d s' % refresh if refresh else 'snapshot'}")
     nav = [("all sites", "/")] + ([("dask dashboard", dashboard)] if dashboard and
                                   not now["scheduler"]["error"] else [])
-    return _render(f"arihpc · site {site}", subtitle, [current, section],
-                   {**live_plot, **plots}, resources or live_resources(), nav, refresh)
+    return _render(f"arihpc · site {site}", subtitle, [current, section, *more],
+                   {**live_plot, **plots, **ariqa_plots}, resources or live_resources(), nav,
+                   refresh)
 
 
 def overview_sections(numbers: CampaignNumbers, profiles: Mapping[str, SiteProfile | None],
@@ -157,47 +202,74 @@ def overview_sections(numbers: CampaignNumbers, profiles: Mapping[str, SiteProfi
         used = views.resources_of(now)
         label = {"text": name, "href": site_link.format(site=name)} if site_link else name
         rows.append([label, used["jobs_pending"], used["jobs_running"], used["workers"],
-                     f"{used['memory_gb']:.2f} / {used['memory_limit_gb']:.2f}",
+                     used_of(used["memory_gb"], used["memory_limit_gb"]),
                      used["running_mous"], "; ".join(used["errors"]) or "-"])
     section["tables"].insert(1, _table("sites", "Sites", [
-        "site", "jobs pending", "jobs running", "workers", "memory in use / advertised (GB)",
+        "site", "jobs pending", "jobs running", "workers", "memory in use / advertised",
         "MOUS running", "not read"], rows, "no site has run yet"))
     return [section], plots
 
 
 def overview_page(store: CampaignStore, profiles: Mapping[str, SiteProfile | None],
-                  refresh: int | None = 10, resources: str | None = None) -> str:
-    sections, plots = overview_sections(views.read_numbers(store), profiles,
-                                        views.site_views(store, profiles), "/site/{site}")
+                  refresh: int | None = 10, resources: str | None = None,
+                  arguments: Mapping[str, str] | None = None) -> str:
+    """The whole campaign, each site's line, every MOUS (one page of the table)."""
+    found, plots = overview_sections(views.read_numbers(store), profiles,
+                                     views.site_views(store, profiles), "/site/{site}")
+    more, ariqa_plots = _live_mous(store, profiles, None, arguments or {})
     nav = [(f"site {name}", f"/site/{name}") for name in profiles]
     subtitle = f"arihpc {__version__} · {when(time.time())} · refreshes every {refresh} s"
-    return _render("arihpc · campaign", subtitle, sections, plots,
+    return _render("arihpc · campaign", subtitle, [*found, *more], {**plots, **ariqa_plots},
                    resources or live_resources(), nav, refresh)
 
 
-def weblog_section(found: list[dict]) -> dict:
-    """The report's list of MOUS done or failed, each linked to its weblog when it has one."""
-    rows = [[item["uid"], item["site"] or "-", item["state"],
-             {"text": "weblog", "href": Path(item["weblog"]).as_uri()} if item["weblog"]
-             else "no weblog here"] for item in found]
-    return {"id": "weblogs", "title": "MOUS weblogs", "notes": [], "figures": [],
-            "tables": [_table("weblogs", "Each MOUS done or failed", ["MOUS", "site", "state",
-                                                                     "weblog"], rows)]}
-
-
 def report(store: CampaignStore, profiles: Mapping[str, SiteProfile | None]) -> str:
-    """One self-contained HTML file: the campaign, then each site, with BokehJS inlined."""
-    numbers, nows = views.read_numbers(store), views.site_views(store, profiles)
-    sections, plots = overview_sections(numbers, profiles, nows, "#site-{site}")
+    """One self-contained HTML file: the campaign, every MOUS (excluded ones too; sorted,
+    found and paged by the page itself), ARIQA, the gallery, then each site; BokehJS and the
+    thumbnails inlined, links to the work directories as file:// URIs."""
+    entries = views.every_mous(store, profiles)
+    numbers = views.read_numbers(store, [e.row for e in entries])
+    nows = views.site_views(store, profiles)
+    found, plots = overview_sections(numbers, profiles, nows, "#site-{site}")
+    table = sections.mous_table(entries, workfiles.ReportLinks(), mous_list.TableQuery(per=100),
+                                len(entries), True, "Every MOUS")
+    more, ariqa_plots = mous_sections("report", entries, table, sections.summaries(entries),
+                                      workfiles.ReportLinks())
+    found += more
+    plots.update(ariqa_plots)
     for name in profiles:
-        section, site_plots = _store_section(f"site-{name}", f"Site {name}",
-                                             views.campaign_view(numbers, profiles, name))
+        view = views.campaign_view(numbers, profiles, name)
+        claimed = view["progress"]["selected"] > 0     # else there is no figure to draw
+        section, site_plots = _store_section(f"site-{name}", f"Site {name}", view, claimed)
         section["tables"] = now_tables(nows[name]) + section["tables"]
-        sections.append(section)
+        section["notes"] += [] if claimed else [f"no MOUS claimed by {name} yet"]
+        found.append(section)
         plots.update(site_plots)
-    sections.append(weblog_section(views.weblogs(store, profiles)))
     subtitle = (f"arihpc {__version__} · report written {when(time.time())} · "
                 f"store {store.engine.url.render_as_string(hide_password=True)}")
     inline = Resources(mode="inline", components=BOKEH_COMPONENTS).render()
-    return _render("arihpc · campaign report", subtitle, sections, plots, inline,
-                   [(f"site {name}", f"#site-{name}") for name in profiles])
+    return _render("arihpc · campaign report", subtitle, found, plots, inline,
+                   [("every MOUS", "#mous-section"), ("ARIQA", "#report-ariqa"),
+                    ("gallery", "#report-gallery")]
+                   + [(f"site {name}", f"#site-{name}") for name in profiles])
+
+
+_products_template = jinja2.Environment(autoescape=True).from_string(
+    """<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>products of {{ uid }}
+</title><style>body { font-family: sans-serif; margin: 1.5em; } td, th { padding: 0.2em 0.6em;
+text-align: left; } img { max-width: 560px; border: 1px solid #ddd; }</style></head><body>
+<h1>Products of {{ uid }}</h1><p><a href="/">all sites</a> ·
+<a href="file/weblog/index.html">weblog</a></p>
+{% if products %}<table><tr><th>FITS product</th><th>size</th><th>preview</th></tr>
+{% for name, size, preview in products %}<tr><td><a href="file/export/{{ name }}">{{ name }}</a>
+</td><td>{{ size }}</td><td>{% if preview %}<a href="file/preview/{{ preview }}"><img
+src="file/preview/{{ preview }}" alt="preview of {{ name }}" loading="lazy"></a>{% else %}-
+{% endif %}</td></tr>{% endfor %}</table>{% else %}<p>no FITS product here</p>{% endif %}
+</body></html>""")
+
+
+def products_page(uid: str, products: list[tuple[str, int, str | None]]) -> str:
+    """A MOUS's FITS products with their sizes and previews (the dashboard's /mous/UID/products;
+    its links are relative to it)."""
+    return _products_template.render(uid=uid, products=[
+        (name, units.human(size, units.SIZE), preview) for name, size, preview in products])

@@ -1,6 +1,8 @@
 """The live dashboard: a small read-only tornado app (tornado already serves dask's dashboard).
 
-Routes: ``/`` all sites, ``/site/NAME`` one site, ``/api/...`` the same data as JSON,
+Routes: ``/`` all sites, ``/site/NAME`` one site (both with the MOUS table's query arguments
+sort, order, q, state, page, per), ``/mous/UID/...`` a MOUS's products, previews and weblog,
+``/api/...`` the same data as JSON (``/api/mous``: one page of the MOUS table),
 ``/metrics`` the same figures for Prometheus (arihpc.monitor.metrics), and ``/static/...``
 BokehJS. Only GET: no page writes anything (tornado answers 405 to the rest).
 Bound to 127.0.0.1 by default; on any other address every request needs the token, given
@@ -11,8 +13,10 @@ from __future__ import annotations
 
 import hmac
 import json
+import mimetypes
 import secrets
 from functools import partial
+from pathlib import Path
 from typing import Callable, Mapping
 
 import tornado.httpserver
@@ -21,7 +25,9 @@ import tornado.netutil
 import tornado.web
 from bokeh.settings import settings as bokeh_settings
 
-from arihpc.monitor import metrics, pages, views
+from arihpc.errors import InvalidUid
+from arihpc.monitor import metrics, mous_list, pages, views, workfiles
+from arihpc.mous import parse_uid
 from arihpc.sites.profile import SiteProfile
 from arihpc.store.campaign import CampaignStore
 
@@ -63,16 +69,22 @@ class _Guarded(tornado.web.RequestHandler):
 
 
 class _View(_Guarded):
-    """Builds its answer off the event loop: store, squeue and the scheduler may be slow."""
+    """Builds its answer off the event loop: store, squeue and the scheduler may be slow.
+    ``arguments``: the build takes the query arguments (the MOUS table's sort, filter, page)."""
 
-    def initialize(self, build: Callable[..., object], content: str) -> None:
-        self.build, self.content = build, content
+    def initialize(self, build: Callable[..., object], content: str,
+                   arguments: bool = False) -> None:
+        self.build, self.content, self.arguments = build, content, arguments
 
     async def get(self, *args: str) -> None:
         if args and args[0] not in self.settings["known"]():
             raise tornado.web.HTTPError(404, f"no site {args[0]!r} in this campaign")
+        given = {name: self.get_query_argument(name) for name in self.request.query_arguments
+                 if name != "token"}
+        build = partial(self.build, *args, arguments=given) if self.arguments \
+            else partial(self.build, *args)
         loop = tornado.ioloop.IOLoop.current()
-        body = await loop.run_in_executor(None, partial(self.build, *args))
+        body = await loop.run_in_executor(None, build)
         if self.content in CONTENT_TYPES:
             self.set_header("Content-Type", CONTENT_TYPES[self.content])
         if self.content == "json":
@@ -86,9 +98,54 @@ class _Static(_Guarded, tornado.web.StaticFileHandler):
 
 class _ApiIndex(_Guarded):
     def get(self) -> None:
-        self.finish({"endpoints": ["/api/status", "/api/campaign",
+        self.finish({"endpoints": ["/api/status", "/api/campaign", "/api/mous",
                                    *(f"/api/site/{name}" for name in self.settings["known"]()),
                                    "/metrics"]})
+
+
+class _MousFiles(_Guarded):
+    """A MOUS's files: ``/mous/UID/products`` (its FITS products and previews),
+    ``/mous/UID/thumbnail`` (its continuum preview, small) and ``/mous/UID/file/PATH`` (a file
+    of its work directory under export/, preview/, weblog/, qa/ or moments/). UID as on disk."""
+
+    def initialize(self, store: CampaignStore, known: Callable[[], dict]) -> None:
+        self.store, self.known = store, known
+
+    async def get(self, name: str, what: str, relative: str | None = None) -> None:
+        try:
+            uid = parse_uid(name)
+        except InvalidUid:
+            raise tornado.web.HTTPError(404, "not a MOUS uid") from None
+        loop = tornado.ioloop.IOLoop.current()
+        workdir = await loop.run_in_executor(
+            None, partial(views.work_dir_of, self.store, self.known(), uid))
+        if workdir is None:
+            raise tornado.web.HTTPError(404, f"no work directory of {uid} on this machine")
+        answer = {"products": self._products, "thumbnail": self._thumbnail,
+                  "file": self._file}[what]
+        await loop.run_in_executor(None, partial(answer, uid, workdir, relative or ""))
+        self.finish()
+
+    def _products(self, uid: str, workdir: Path, _relative: str) -> None:
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.write(pages.products_page(uid, views.products_of(workdir)))
+
+    def _thumbnail(self, uid: str, workdir: Path, _relative: str) -> None:
+        files = workfiles.files_of(uid, workdir)
+        small = workfiles.thumbnail(files.preview) if files and files.preview else None
+        if small is None:
+            raise tornado.web.HTTPError(404, f"no continuum preview of {uid}")
+        self.set_header("Content-Type", "image/png")
+        self.write(small)
+
+    def _file(self, uid: str, workdir: Path, relative: str) -> None:
+        path = workfiles.served_file(workdir, relative)
+        if path is None:
+            raise tornado.web.HTTPError(404, f"no such file of {uid} to serve")
+        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        self.set_header("Content-Type", kind + ("; charset=utf-8" if kind == "text/html"
+                                                else ""))
+        self.write(path.read_bytes())
 
 
 def make_app(store: CampaignStore, profiles: Mapping[str, SiteProfile | None],
@@ -106,12 +163,23 @@ def make_app(store: CampaignStore, profiles: Mapping[str, SiteProfile | None],
 
     registry = metrics.registry_for(store, known)
 
+    def mous_api(arguments: dict) -> dict:
+        site = arguments.get("site") or None
+        return views.mous_api(store, known(), mous_list.TableQuery.from_arguments(arguments,
+                                                                                   site))
+
     routes = [
-        (r"/", _View, {"content": "html",
-                       "build": lambda: pages.overview_page(store, known(), refresh)}),
-        (r"/site/([^/]+)", _View, {"content": "html", "build": lambda name: pages.site_page(
-            store, name, known().get(name), known(), refresh)}),
+        (r"/", _View, {"content": "html", "arguments": True,
+                       "build": lambda arguments: pages.overview_page(
+                           store, known(), refresh, arguments=arguments)}),
+        (r"/site/([^/]+)", _View, {"content": "html", "arguments": True,
+                                   "build": lambda name, arguments: pages.site_page(
+                                       store, name, known().get(name), known(), refresh,
+                                       arguments=arguments)}),
         (r"/api/?", _ApiIndex),
+        (r"/api/mous", _View, {"content": "json", "arguments": True, "build": mous_api}),
+        (r"/mous/([^/]+)/(products|thumbnail)", _MousFiles, {"store": store, "known": known}),
+        (r"/mous/([^/]+)/(file)/(.+)", _MousFiles, {"store": store, "known": known}),
         (r"/api/status", _View, {"content": "json",
                                  "build": lambda: views.status_report(store, known())}),
         (r"/api/campaign", _View, {"content": "json",

@@ -60,13 +60,16 @@ class CampaignNumbers:
     """Everything the figures need, read in one pass over the store and grouped by site in
     SQL; ``view(site)`` then cuts out one site's part without asking the store again."""
 
-    def __init__(self, conn: Connection):
+    def __init__(self, conn: Connection, runs: list[tuple] | None = None):
+        """``runs``: (site, raw size, stage run time, peak RSS) of each MOUS done with a raw
+        size, when the caller has read them already (the report's MOUS table has)."""
         self.states = StateCounts(conn)
-        rows = conn.execute(sa.select(mous.c.site, mous.c.size_bytes, sa.func.sum(stages.c.wall_s),
-                                      sa.func.max(stages.c.peak_rss))
-                            .join(stages, stages.c.uid == mous.c.uid)
-                            .where(mous.c.state == "done", mous.c.size_bytes.is_not(None))
-                            .group_by(mous.c.uid, mous.c.site, mous.c.size_bytes)).all()
+        rows = runs if runs is not None else conn.execute(
+            sa.select(mous.c.site, mous.c.size_bytes, sa.func.sum(stages.c.wall_s),
+                      sa.func.max(stages.c.peak_rss))
+            .join(stages, stages.c.uid == mous.c.uid)
+            .where(mous.c.state == "done", mous.c.size_bytes.is_not(None))
+            .group_by(mous.c.uid, mous.c.site, mous.c.size_bytes)).all()
         self.run_sites = np.array([r[0] or "" for r in rows], dtype=object)
         self.run_values = np.array([[r[1] or 0, r[2] or 0, r[3] or 0] for r in rows],
                                    dtype=float).reshape(-1, 3)
@@ -81,6 +84,7 @@ class CampaignNumbers:
         self.end_sites = np.array([r[0] for r in ends], dtype=object)
         self.ends = np.array([r[1] for r in ends], dtype=float)
         self.left = remaining_sizes_gb(conn)
+        self.concurrency = concurrency_seen(conn)
 
     def progress(self, site: str | None = None) -> dict:
         return self.states.progress(site)
@@ -142,6 +146,32 @@ def _bin_width(span_s: float, bins: int) -> float:
         if span_s / width <= bins:
             return width
     return 365 * 86400
+
+
+RECENT_STAGE_RUNS = 20_000         # the stage runs concurrency_seen looks at, the latest
+
+
+def concurrency_seen(conn: Connection, latest: int = RECENT_STAGE_RUNS) -> dict[str, int]:
+    """Per site, the most MOUS seen computing at once: the largest number of its stage runs
+    (but fetches, which run on I/O slots ahead of compute) that overlapped in time, over its
+    ``latest`` stage runs. Attempts overlap more than that (a MOUS is claimed and staged
+    while another computes), stage runs do not (a batch of short MOUS runs one by one)."""
+    rows = conn.execute(sa.select(attempts.c.site, stages.c.started_at, stages.c.ended_at)
+                        .join(attempts, attempts.c.id == stages.c.attempt_id)
+                        .where(stages.c.stage != "fetch", stages.c.ended_at.is_not(None))
+                        .order_by(stages.c.id.desc()).limit(latest)).all()
+    by_site: dict[str, list[tuple[float, float]]] = {}
+    for site, start, end in rows:
+        by_site.setdefault(site, []).append((start, end))
+    found = {}
+    for site, spans in by_site.items():
+        times = np.array(spans, dtype=float)
+        # +1 at each start, -1 at each end; an end sorts before a start at the same time
+        events = np.concatenate([np.c_[times[:, 0], np.ones(len(times))],
+                                 np.c_[times[:, 1], -np.ones(len(times))]])
+        events = events[np.lexsort((events[:, 1], events[:, 0]))]
+        found[site] = int(np.cumsum(events[:, 1]).max())
+    return found
 
 
 def remaining_sizes_gb(conn: Connection) -> list[float | None]:

@@ -9,41 +9,63 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
+import sqlalchemy as sa
+
 from arihpc import config
 from arihpc.errors import ProfileError
-from arihpc.monitor import live, stats
-from arihpc.mous import disk_name
+from arihpc.monitor import ariqa_results, live, mous_list, sections, stats, workfiles
 from arihpc.products import ms_store
 from arihpc.sites.profile import SiteProfile, load_profile
 from arihpc.store.campaign import CampaignStore
+from arihpc.store.schema import mous
 
 
-def profiles_for(store: CampaignStore, given: Mapping[str, SiteProfile] | None = None
+def profiles_for(store: CampaignStore, given: Mapping[str, SiteProfile | None] | None = None
                  ) -> dict[str, SiteProfile | None]:
-    """Each site of the campaign (those given, and those seen in the store) with its profile,
-    found by name where not given; None when this machine has no profile of that name."""
+    """Each site of the campaign (those given, and those seen in the store) with its profile:
+    the file its latest ``arihpc run`` named (its site-start event) when it is on this
+    machine, else the profile of that name; None when neither is here."""
     found: dict[str, SiteProfile | None] = dict(given or {})
     with store.engine.connect() as conn:
-        seen = stats.sites_seen(conn)
-    for name in seen:
-        if name not in found:
+        seen = {name: (live.scheduler_of(conn, name) or {}).get("profile")
+                for name in stats.sites_seen(conn) if name not in found}
+    for name, path in seen.items():
+        found[name] = None
+        for where in ([path] if path and Path(path).is_file() else []) + [name]:
             try:
-                found[name] = load_profile(name)
+                found[name] = load_profile(where)
+                break
             except ProfileError:
-                found[name] = None
+                continue
     return dict(sorted(found.items()))
 
 
-def read_numbers(store: CampaignStore) -> stats.CampaignNumbers:
-    """The store's campaign numbers, read once for a page, a report or an API answer."""
+def read_numbers(store: CampaignStore, rows: list[mous_list.MousRow] | None = None
+                 ) -> stats.CampaignNumbers:
+    """The store's campaign numbers, read once for a page, a report or an API answer; the
+    runs done taken from the MOUS table's ``rows`` when given (every MOUS)."""
+    runs = None if rows is None else [
+        (r.site, r.size_bytes, r.wall_s, r.peak_rss) for r in rows
+        if r.state == "done" and r.size_bytes is not None]
     with store.engine.connect() as conn:
-        return stats.CampaignNumbers(conn)
+        return stats.CampaignNumbers(conn, runs)
+
+
+def mous_slots(numbers: stats.CampaignNumbers, profiles: Mapping[str, SiteProfile | None]
+               ) -> dict[str, int]:
+    """Per site, its MOUS slots: what its profile gives, or the most MOUS it was seen
+    computing at once where that is more (a profile found by name on this machine may not
+    be the one its campaign ran with, e.g. the demo's local.yaml and site-configs/local)."""
+    sites = set(profiles) | set(numbers.concurrency)
+    return {name: max(profiles[name].mous_slots if profiles.get(name) else 0,
+                      numbers.concurrency.get(name, 0)) for name in sorted(sites)}
 
 
 def campaign_view(numbers: stats.CampaignNumbers, profiles: Mapping[str, SiteProfile | None],
                   site: str | None = None) -> dict:
     """The whole campaign (site None) or one site's part, and the campaign's expected end
-    over the MOUS slots of the sites whose profiles are known."""
+    over the MOUS slots of the sites (``mous_slots``)."""
+    slots = mous_slots(numbers, profiles)
     return {
         "site": site,
         "progress": numbers.progress(site),
@@ -51,8 +73,7 @@ def campaign_view(numbers: stats.CampaignNumbers, profiles: Mapping[str, SitePro
         "cut_peaks_gb": numbers.cut_peaks_gb(site),
         "failure_classes": numbers.failure_classes(site),
         "throughput": numbers.throughput(site),
-        "expected_end": numbers.expected_end(
-            sum(p.mous_slots for p in profiles.values() if p is not None)),
+        "expected_end": {**numbers.expected_end(sum(slots.values())), "slots_by_site": slots},
     }
 
 
@@ -109,17 +130,73 @@ def ms_store_view(profiles: Mapping[str, SiteProfile | None]) -> dict[str, dict]
     return found
 
 
-WEBLOG = Path("weblog", "index.html")      # in a MOUS's work directory (arihpc.products.weblog)
+def mous_entries(rows: list[mous_list.MousRow], profiles: Mapping[str, SiteProfile | None]
+                 ) -> list[sections.MousEntry]:
+    """Each row with what its work directory holds on this machine and its ARIQA table."""
+    here = {site for site, profile in profiles.items() if profile is not None}
+    files = {row.uid: workfiles.files_of(row.uid, workfiles.work_dir_name(profiles, row.site,
+                                                                          row.uid))
+             for row in rows if row.site in here}
+    tables = ariqa_results.read_all((uid, f.workdir) for uid, f in files.items()
+                                    if f is not None)
+    return [sections.MousEntry(row, files.get(row.uid), tables.get(row.uid)) for row in rows]
 
 
-def weblogs(store: CampaignStore, profiles: Mapping[str, SiteProfile | None]) -> list[dict]:
-    """Each MOUS done or failed with the path of its weblog, <work-dir>/<uid>/weblog/index.html
-    under its site's profile, or None when that file is not on this machine."""
-    found = []
-    for uid, site, state in store.ended_mous():
-        site_profile = profiles.get(site) if site else None
-        path = (Path(site_profile.storage.work_dir) / disk_name(uid) / WEBLOG
-                if site_profile is not None else None)
-        found.append({"uid": uid, "site": site, "state": state,
-                      "weblog": str(path.resolve()) if path and path.is_file() else None})
-    return found
+def mous_page(store: CampaignStore, profiles: Mapping[str, SiteProfile | None],
+              query: mous_list.TableQuery) -> tuple[list[sections.MousEntry], int]:
+    """One page of the MOUS table (sorted, filtered and paged by the store), and how many
+    MOUS match the query in all."""
+    with store.engine.connect() as conn:
+        uids, total = mous_list.page_uids(conn, query)
+        rows = mous_list.read_rows(conn, uids)
+    return mous_entries(rows, profiles), total
+
+
+def every_mous(store: CampaignStore, profiles: Mapping[str, SiteProfile | None]
+               ) -> list[sections.MousEntry]:
+    """Every MOUS of the store, excluded ones too, in claim order (the report's table)."""
+    with store.engine.connect() as conn:
+        rows = mous_list.read_rows(conn)
+    return mous_entries(rows, profiles)
+
+
+def ariqa_summary(store: CampaignStore, profiles: Mapping[str, SiteProfile | None],
+                  site: str | None = None) -> ariqa_results.AriqaSummary:
+    """The ARIQA tables of every MOUS done or failed (at one site, or anywhere) whose work
+    directory is on this machine, summed up."""
+    here = {name for name, profile in profiles.items() if profile is not None
+            and (site is None or name == site)}
+    with store.engine.connect() as conn:
+        ended = conn.execute(sa.select(mous.c.uid, mous.c.site).where(
+            mous.c.state.in_(("done", "failed")), mous.c.site.in_(sorted(here)))).all()
+    tables = ariqa_results.read_all((uid, workfiles.work_dir_name(profiles, where, uid))
+                                    for uid, where in ended)
+    return ariqa_results.summarize(tables.values())
+
+
+def mous_api(store: CampaignStore, profiles: Mapping[str, SiteProfile | None],
+             query: mous_list.TableQuery) -> dict:
+    """``/api/mous``: one page of the MOUS table as JSON (sizes in bytes, times in s)."""
+    entries, total = mous_page(store, profiles, query)
+    return {"total": total, "page": query.page, "per": query.per, "sort": query.sort,
+            "order": query.order, "mous": [
+                {**e.row._asdict(), "ariqa": e.ariqa.summary() if e.ariqa else None,
+                 "weblog": str(e.files.weblog) if e.files and e.files.weblog else None}
+                for e in entries]}
+
+
+def work_dir_of(store: CampaignStore, profiles: Mapping[str, SiteProfile | None],
+                uid: str) -> Path | None:
+    """The work directory of a MOUS of the store on this machine, or None."""
+    with store.engine.connect() as conn:
+        site = conn.execute(sa.select(mous.c.site).where(mous.c.uid == uid)).scalar()
+    workdir = workfiles.work_dir(profiles, site, uid)
+    return workdir if workdir is not None and workdir.is_dir() else None
+
+
+def products_of(workdir: Path) -> list[tuple[str, int, str | None]]:
+    """A MOUS's FITS products (export/): name, bytes, and its preview's name if it has one."""
+    export, preview = workdir / workfiles.EXPORT, workdir / workfiles.PREVIEW
+    return [(p.name, p.stat().st_size,
+             f"{p.stem}.png" if (preview / f"{p.stem}.png").is_file() else None)
+            for p in sorted(export.glob("*.fits"))]
