@@ -77,26 +77,27 @@ def overlapping_attempts(conn) -> list[str]:
 
 
 def orphans(folder: Path, sites: tuple[str, ...]) -> list[str]:
-    """Processes of the run still alive: stages (their argv names DIR) and workers (of our
-    sites, in a job of our SLURM: another run on this machine may use the same site names)."""
+    """Processes of the run still alive: stages (their argv names DIR) and anything a batch job
+    of our sites started (worker, xvfb-run, its Xvfb: the job script exports ARIHPC_SITE and
+    they inherit it), in a job of our SLURM: another run on this machine may use the same
+    site names with its own SLURM."""
     ours = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
     left = []
     for process in psutil.process_iter(["pid", "cmdline"]):
-        argv = process.info["cmdline"] or []
-        text = " ".join(argv)
-        worker = "distributed.cli.dask_worker" in argv and any(
-            f"--name {site}-" in text for site in sites) and _our_slurm(process)
+        text = " ".join(process.info["cmdline"] or [])
         stage = str(folder) in text and any(mark in text for mark in STAGE_MARKS)
-        if process.info["pid"] not in ours and (worker or stage):
+        if process.info["pid"] not in ours and (stage or _of_our_jobs(process, sites)):
             left.append(f"{process.info['pid']}: {text[:120]}")
     return left
 
 
-def _our_slurm(process: psutil.Process) -> bool:
+def _of_our_jobs(process: psutil.Process, sites: tuple[str, ...]) -> bool:
     try:
-        return process.environ().get("SLURM_CONF") == os.environ.get("SLURM_CONF")
-    except (psutil.AccessDenied, psutil.NoSuchProcess):
-        return True                 # cannot tell: count it
+        env = process.environ()
+    except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False                # gone, or not ours to read (we run as root: not ours)
+    return env.get("ARIHPC_SITE") in sites and env.get("SLURM_CONF") == os.environ.get(
+        "SLURM_CONF") and "SLURM_JOB_ID" in env
 
 
 def live_locks(work: Path) -> list[str]:
