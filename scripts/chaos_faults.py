@@ -135,10 +135,14 @@ def kill_worker(chaos: Chaos, rng: random.Random) -> str | None:
     workers = _workers(chaos.sites)
     if not workers:
         return None
+    # the worker's python or the xvfb-run shell around it (its argv names the worker too):
+    # either way the job must end and leave no process behind
     victim = rng.choice(workers)
-    name = victim.cmdline()[victim.cmdline().index("--name") + 1]
+    argv = victim.cmdline()
+    name = argv[argv.index("--name") + 1]
+    what = "xvfb-run of worker" if any(a.endswith("xvfb-run") for a in argv) else "worker"
     victim.send_signal(signal.SIGKILL)
-    return f"SIGKILL of worker {name} (pid {victim.pid})"
+    return f"SIGKILL of {what} {name} (pid {victim.pid})"
 
 
 def running_jobs(prefix: str = "arihpc-") -> list[tuple[str, str]]:

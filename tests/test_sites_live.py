@@ -217,16 +217,22 @@ def test_the_queue_is_read_when_a_worker_left_and_else_every_queue_poll(monkeypa
 
 
 @pytest.mark.slurm
-def test_a_worker_ends_when_its_jobs_shell_is_gone():
-    """Without a nanny, nothing else would end it: it is a child of init, out of the job's
-    process tracking (proctrack/linuxproc), and a worker signalled while closing can hang."""
+def test_a_worker_and_its_x_server_end_when_their_xvfb_run_is_gone():
+    """Without a nanny, nothing else would end the worker: it is a child of init, out of the
+    job's process tracking (proctrack/linuxproc), and a worker signalled while closing can
+    hang. Its Xvfb, orphaned too, is ended by the job script's trap when the job's shell ends."""
     profile = load_profile("ci-slurm")
+    assert profile.x11
     with SiteCluster.start(profile) as cluster:
         cluster.add_jobs(1)
         with Client(cluster.cluster) as client:
             client.wait_for_workers(1, timeout=120)
             (pid,) = client.run(os.getpid).values()
-            shell = psutil.Process(pid).parent()
-            shell.kill()
-            gone, _ = psutil.wait_procs([psutil.Process(pid)], timeout=10)
-            assert gone, "the worker outlived its job's shell"
+            xvfb_run = psutil.Process(pid).parent()
+            assert "xvfb-run" in " ".join(xvfb_run.cmdline())
+            (x_server,) = [p for p in xvfb_run.children() if p.name() == "Xvfb"]
+            job_shell = xvfb_run.parent()
+            xvfb_run.kill()
+            gone, alive = psutil.wait_procs([psutil.Process(pid), x_server, job_shell],
+                                            timeout=15)
+            assert not alive, f"outlived their xvfb-run: {[p.cmdline()[:2] for p in alive]}"

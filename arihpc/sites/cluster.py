@@ -68,12 +68,19 @@ WORKER_DASK_ENV = {"DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",
                    "DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "100ms"}
 
 
+JOB_GROUP_TRAP = "trap 'trap \"\" TERM; kill -TERM 0 2>/dev/null' EXIT"
+
+
 def prologue(profile: SiteProfile, node_class: NodeClass) -> list[str]:
     """Job script lines before the worker: what the runner needs to know about this job."""
     job_id = ""
     for variable in reversed(batch_module(profile).job_id_variables):
         job_id = f"${{{variable}:-{job_id}}}"
     return [
+        # When the job's shell ends, so does every process it started: a process whose parent
+        # died (an Xvfb whose xvfb-run was killed) is a child of init, which batch systems
+        # tracking jobs by parentage (SLURM's proctrack/linuxproc) no longer kill with the job.
+        JOB_GROUP_TRAP,
         f"export ARIHPC_SITE={shlex.quote(profile.name)}",
         f"export ARIHPC_NODE_CLASS={shlex.quote(node_class.name)}",
         f"export ARIHPC_BATCH_JOB=\"{job_id}\"",
