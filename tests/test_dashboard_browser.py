@@ -177,7 +177,7 @@ def test_the_report_opens_offline_with_every_figure_drawn(tmp_path):
     out = tmp_path / "report.html"
     assert run(url, "report", "--out", out, "--site", profile.path).exit_code == 0
     figures = out.read_text().count("data-root-id")
-    assert figures == 14                        # the campaign's 5, ARIQA's 4, the site's 5
+    assert figures == 9                         # the campaign's 5, ARIQA's 4
     with chromium(offline=True) as driver:
         driver.get(out.as_uri())
         counts = rendered(driver, figures)

@@ -208,12 +208,15 @@ def test_the_report_is_one_file_that_needs_no_network(finished, tmp_path):
     assert html.count('<img src="data:image/png;base64,') == 1
     assert "<script>" in html and "Bokeh" in html
     assert len(html) > 500_000                                      # BokehJS is inside
-    # the campaign's five figures, ARIQA's four, the site's five
-    assert html.count("data-root-id") == 14
+    # the campaign's five figures (each site in its colour), ARIQA's four; the site's
+    # section has its tables, no figures of its own
+    assert html.count("data-root-id") == 9
     assert "Run time against raw size (6 MOUS done)" in html
+    assert f'"{profile.name} (6)"' in html and f'"done at {profile.name}"' in html
     assert f"Site {profile.name}" in html and "casa-version" in html
     # every MOUS, the failed one with the line that decided it
-    rows = json.loads(re.search(r'id="mous-data">(.*?)</script>', html).group(1))["rows"]
+    columns = json.loads(re.search(r'id="mous-data">(.*?)</script>', html).group(1))["columns"]
+    rows = list(zip(*columns))
     assert len(rows) == 7
     [failed] = [row for row in rows if row[12].startswith("failed")]
     assert failed[12] == "failed: casa-version" and failed[13]

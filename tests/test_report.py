@@ -73,7 +73,8 @@ def table_data(html: str) -> list[list]:
     """Every row of the report's MOUS table, from the JSON its script reads."""
     found = re.search(r'<script type="application/json" id="mous-data">(.*?)</script>', html,
                       re.S)
-    return json.loads(found.group(1).replace("<\\/", "</"))["rows"]
+    columns = json.loads(found.group(1).replace("<\\/", "</"))["columns"]
+    return [list(row) for row in zip(*columns)]
 
 
 def html_table(html: str, css: str) -> list[list[str]]:

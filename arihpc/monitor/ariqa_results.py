@@ -10,7 +10,6 @@ not at each report; a table that cannot be read counts as none, with a warning.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -21,10 +20,10 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-import sqlalchemy as sa
 from astropy.table import Table
 
-from arihpc import config
+from arihpc.monitor import filecache
+from arihpc.monitor.filecache import Key
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +88,9 @@ class MousAriqa:
         return ", ".join(f"{counts[v]} {v}" for v in VERDICTS if counts[v]) or "no product"
 
 
-Key = tuple[int, int]                           # a file's modification time (ns) and size
-_cache: dict[Path, tuple[Key, MousAriqa | None]] = {}
+_cache: dict[str, tuple[Key, MousAriqa | None]] = {}   # by the table's path
 _lock = threading.Lock()
-_cached = sa.Table("ariqa_tables", sa.MetaData(),
-                   sa.Column("path", sa.Text, primary_key=True),
-                   sa.Column("mtime_ns", sa.BigInteger, nullable=False),
-                   sa.Column("size", sa.BigInteger, nullable=False),
-                   sa.Column("data", sa.Text, nullable=False))      # JSON of one MousAriqa
+CACHE_KIND = "ariqa"                            # its entries in the monitor's cache file
 
 
 def _read(uid: str, path: Path) -> MousAriqa | None:
@@ -130,52 +124,11 @@ def _unpacked(uid: str, data: str) -> MousAriqa | None:
                      {q: np.array(reldiff[q], dtype=float) for q in QUANTITIES})
 
 
-@functools.lru_cache(maxsize=4)
-def _cache_engine(where: str) -> sa.Engine | None:
-    """The cache file's engine (made with its table), or None (no cache, or not writable)."""
-    if not where:
-        return None
-    path = Path(where).expanduser()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(f"sqlite:///{path}")
-        _cached.metadata.create_all(engine)
-    except (OSError, sa.exc.SQLAlchemyError) as exc:
-        log.warning("no cache of ARIQA tables at %s (%s): each report reads them all", path,
-                    exc)
-        return None
-    return engine
-
-
-def _from_cache(engine, wanted: dict[Path, tuple[str, Key]]) -> dict[Path, MousAriqa | None]:
-    found = {}
-    names = sorted(str(p) for p in wanted)
-    with engine.connect() as conn:
-        for first in range(0, len(names), 500):
-            for path, mtime, size, data in conn.execute(sa.select(_cached).where(
-                    _cached.c.path.in_(names[first:first + 500]))):
-                uid, key = wanted[Path(path)]
-                if (mtime, size) == key:
-                    found[Path(path)] = _unpacked(uid, data)
-    return found
-
-
-def _to_cache(engine, read: dict[Path, tuple[Key, MousAriqa | None]]) -> None:
-    rows = [{"path": str(p), "mtime_ns": k[0], "size": k[1], "data": _packed(found)}
-            for p, (k, found) in read.items()]
-    try:
-        with engine.begin() as conn:
-            conn.execute(sa.delete(_cached).where(_cached.c.path.in_([r["path"] for r in rows])))
-            conn.execute(sa.insert(_cached), rows)
-    except sa.exc.SQLAlchemyError as exc:
-        log.warning("ARIQA tables not cached: %s", exc)
-
-
 def read_all(where: Iterable[tuple[str, Path | str]]) -> dict[str, MousAriqa]:
     """The ARIQA tables of these (uid, work directory): from this process's cache, else from
     the cache file (``monitor.ariqa-cache``), else read with astropy (and then cached), each
     only while its file is unchanged. A MOUS without a (readable) table is left out."""
-    wanted: dict[Path, tuple[str, Key]] = {}
+    wanted: dict[str, tuple[str, Key]] = {}
     for uid, workdir in where:
         # os.path on strings: a dashboard asks this of every MOUS done, pathlib is slower
         name = os.path.join(workdir, ARIQA)
@@ -183,17 +136,16 @@ def read_all(where: Iterable[tuple[str, Path | str]]) -> dict[str, MousAriqa]:
             stat = os.stat(name)
         except OSError:
             continue
-        wanted[Path(name)] = (uid, (stat.st_mtime_ns, stat.st_size))
+        wanted[name] = (uid, (stat.st_mtime_ns, stat.st_size))
     with _lock:
         found = {p: _cache[p][1] for p, (_, key) in wanted.items()
                  if p in _cache and _cache[p][0] == key}
     missing = {p: w for p, w in wanted.items() if p not in found}
-    engine = _cache_engine(str(config.get("monitor.ariqa-cache") or ""))
-    if missing and engine is not None:
-        found.update(_from_cache(engine, missing))
-    read = {p: (key, _read(uid, p)) for p, (uid, key) in missing.items() if p not in found}
-    if read and engine is not None:
-        _to_cache(engine, read)
+    cached = filecache.read(CACHE_KIND, {p: key for p, (_, key) in missing.items()})
+    found.update({p: _unpacked(missing[p][0], data.decode()) for p, data in cached.items()})
+    read = {p: (key, _read(uid, Path(p))) for p, (uid, key) in missing.items() if p not in found}
+    filecache.write(CACHE_KIND, {p: (key, _packed(table).encode())
+                                 for p, (key, table) in read.items()})
     found.update({p: table for p, (_, table) in read.items()})
     with _lock:
         _cache.update({p: (wanted[p][1], table) for p, table in found.items()})

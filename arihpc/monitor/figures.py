@@ -17,6 +17,7 @@ from bokeh.models import (
     Span,
     Title,
 )
+from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 
 from arihpc.monitor import units
@@ -26,6 +27,11 @@ WIDTH, HEIGHT = 560, 300
 COLOURS = {"queued": "#9e9e9e", "staging": "#7e57c2", "running": "#1e88e5", "done": "#43a047",
            "failed": "#e53935", "cancelled": "#ffb300", "excluded": "#bdbdbd"}
 PROGRESS_ORDER = ("queued", "staging", "running", "done", "failed", "cancelled", "excluded")
+
+
+def site_colours(sites) -> dict[str, str]:
+    """A colour per site, the same in every figure of a page."""
+    return {name: Category10_10[i % len(Category10_10)] for i, name in enumerate(sites)}
 
 
 def _figure(title: str, **kwargs):
@@ -77,8 +83,9 @@ def _legend_below(plot):
     return plot
 
 
-def runtime_vs_size(runs: dict, model: dict):
-    """Run time against raw size, log-log, with the planning model fitted to these runs."""
+def runtime_vs_size(runs: dict, model: dict, by_site: dict[str, dict] | None = None):
+    """Run time against raw size, log-log, with the planning model fitted to these runs;
+    ``by_site``: the runs of each site, drawn each in its colour."""
     size_b = np.asarray(runs["size_gb"], dtype=float) * GB
     run_s = np.asarray(runs["hours"], dtype=float) * 3600
     keep = (size_b > 0) & (run_s > 0)
@@ -93,8 +100,18 @@ def runtime_vs_size(runs: dict, model: dict):
         _log_axis(plot.yaxis, y, time_unit)
     if not keep.any():
         return _empty(plot, "no MOUS done yet")
-    plot.scatter(x, y, size=6, alpha=0.6, color=COLOURS["running"],
-                 legend_label=f"MOUS done ({int(keep.sum())})")
+    if by_site:
+        # the same axes, a colour per site (a click on a site's legend entry hides it)
+        for (name, site_runs), colour in zip(by_site.items(), site_colours(by_site).values()):
+            size_s = np.asarray(site_runs["size_gb"], dtype=float) * GB
+            run_ss = np.asarray(site_runs["hours"], dtype=float) * 3600
+            shown = (size_s > 0) & (run_ss > 0)
+            if shown.any():
+                plot.scatter(size_unit.of(size_s[shown]), time_unit.of(run_ss[shown]), size=6,
+                             alpha=0.6, color=colour, legend_label=f"{name} ({int(shown.sum())})")
+    else:
+        plot.scatter(x, y, size=6, alpha=0.6, color=COLOURS["running"],
+                     legend_label=f"MOUS done ({int(keep.sum())})")
     line_x = np.geomspace(plot.x_range.start, plot.x_range.end, 50)
     # the model: hours from GB; drawn in the axes' units
     line_y = 10 ** model["intercept"] * (line_x * size_unit.factor / GB) ** model["slope"]
@@ -122,22 +139,33 @@ def peak_memory(finished_gb: list[float], cut_gb: list[float]):
     return _legend_below(plot)
 
 
-def failure_classes(classes: dict[str, int]):
-    """Attempts ended by each failure class, most frequent first."""
+def failure_classes(classes: dict[str, int], by_site: dict[str, dict[str, int]] | None = None):
+    """Attempts ended by each failure class, most frequent first; ``by_site``: each site's
+    counts, stacked in its colour."""
     names = list(classes)
     plot = _figure("Failure classes (attempts)", y_range=list(reversed(names)) or ["none"])
     plot.xaxis.axis_label = "attempts"
     if not names:
         return _empty(plot, "no failure so far")
-    source = ColumnDataSource({"class": names, "count": list(classes.values())})
-    plot.hbar(y="class", right="count", height=0.7, color=COLOURS["failed"], source=source)
-    plot.add_tools(HoverTool(tooltips=[("class", "@class"), ("attempts", "@count")]))
     plot.x_range.start = 0
-    return plot
+    if not by_site:
+        source = ColumnDataSource({"class": names, "count": list(classes.values())})
+        plot.hbar(y="class", right="count", height=0.7, color=COLOURS["failed"], source=source)
+        plot.add_tools(HoverTool(tooltips=[("class", "@class"), ("attempts", "@count")]))
+        return plot
+    sites = list(by_site)
+    source = ColumnDataSource({"class": names, **{site: [by_site[site].get(n, 0) for n in names]
+                                                  for site in sites}})
+    plot.hbar_stack(sites, y="class", height=0.7, color=list(site_colours(sites).values()),
+                    source=source, legend_label=sites)
+    plot.add_tools(HoverTool(tooltips=[("class", "@class"),
+                                       *((site, f"@{{{site}}}") for site in sites)]))
+    return _legend_below(plot)
 
 
-def throughput(flow: dict, end: dict, selected: int):
-    """MOUS done per time bin and in total, with the expected end of the campaign."""
+def throughput(flow: dict, end: dict, selected: int, by_site: dict[str, dict] | None = None):
+    """MOUS done per time bin and in total, with the expected end of the campaign;
+    ``by_site``: each site's own total, in its colour."""
     plot = _figure("Throughput and expected end", x_axis_type="datetime")
     plot.xaxis.axis_label, plot.yaxis.axis_label = "time (UTC)", "MOUS done (total)"
     if not flow["start"]:
@@ -149,6 +177,12 @@ def throughput(flow: dict, end: dict, selected: int):
               legend_label=f"done per {units.human(flow['bin_s'], units.DURATION)}")
     plot.line(ms + width, flow["total"], color=COLOURS["done"], line_width=2,
               legend_label="done, total")
+    for (name, site_flow), colour in zip((by_site or {}).items(),
+                                         site_colours(by_site or {}).values()):
+        if site_flow["start"]:
+            site_ms = np.asarray(site_flow["start"]) * 1000 + site_flow["bin_s"] * 1000
+            plot.line(site_ms, site_flow["total"], color=colour, line_width=1.5,
+                      legend_label=f"done at {name}")
     for key, colour, label in (("model_end", "#e53935", "model"), ("pace_end", "#fb8c00", "pace")):
         if end.get(key) and end["left"]:
             plot.line([ms[-1] + width, end[key] * 1000], [flow["total"][-1], selected],
@@ -218,13 +252,19 @@ def reldiff_cdf(label: str, values: np.ndarray, band, compared: int):
     return plot
 
 
-def campaign_figures(view: dict) -> dict:
-    """name -> figure of a campaign view (arihpc.monitor.views.campaign_view)."""
+def campaign_figures(view: dict, by_site: dict[str, dict] | None = None) -> dict:
+    """name -> figure of a campaign view (arihpc.monitor.views.campaign_view); ``by_site``:
+    the views of the sites (name -> view), drawn each in its colour where a figure can."""
+    sites = {name: site for name, site in (by_site or {}).items()
+             if site["progress"]["selected"]} if by_site else {}
     return {
         "progress": progress(view["progress"]),
-        "runtime": runtime_vs_size(view["runs"], view["expected_end"]["model"]),
+        "runtime": runtime_vs_size(view["runs"], view["expected_end"]["model"],
+                                   {name: site["runs"] for name, site in sites.items()}),
         "memory": peak_memory(view["runs"]["peak_gb"], view["cut_peaks_gb"]),
-        "failures": failure_classes(view["failure_classes"]),
+        "failures": failure_classes(view["failure_classes"], {
+            name: site["failure_classes"] for name, site in sites.items()}),
         "throughput": throughput(view["throughput"], view["expected_end"],
-                                 view["progress"]["selected"]),
+                                 view["progress"]["selected"],
+                                 {name: site["throughput"] for name, site in sites.items()}),
     }

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Iterable, Union
+from typing import Iterable, NamedTuple, Union
 from urllib.parse import urlencode
 
 from arihpc.monitor import ariqa_results, figures, units
@@ -32,9 +32,9 @@ STATES = ("done", "failed", "running", "staging", "queued", "waiting", "new", "c
 Cell = Union[str, list]
 
 
-@dataclass(frozen=True)
-class MousEntry:
-    """A row with what its work directory holds here and its ARIQA table."""
+class MousEntry(NamedTuple):
+    """A row with what its work directory holds here and its ARIQA table (a NamedTuple: the
+    report makes 100,000 of them, a frozen dataclass takes five times as long)."""
 
     row: MousRow
     files: MousFiles | None = None
@@ -73,16 +73,29 @@ def cells(entry: MousEntry, links) -> list[Cell]:
             entry.ariqa.summary() if entry.ariqa else "-", _links(entry.files, links)]
 
 
-def raw_cells(entry: MousEntry, links) -> list:
-    """A row as the report's script reads it: the values themselves (sizes in bytes, times in
-    seconds); the script shows them as ``cells`` does (units.human, mirrored in the page)."""
-    row = entry.row
-    found = _links(entry.files, links)
-    return [row.uid, row.project, row.source, row.cycle, row.qa2, row.size_bytes, row.site,
-            row.node_class, row.attempts, row.wall_s, row.cpu_s, row.peak_rss, _state(row),
-            row.why or None, [row.fits, row.fits_bytes],
-            entry.ariqa.summary() if entry.ariqa else None,
-            found[2] if isinstance(found, list) else None]
+def raw_columns(entries: list[MousEntry], links) -> list[list]:
+    """Every row as the report's script reads it, column by column (in the order of
+    mous_list.COLUMNS): the values themselves (sizes in bytes, times in seconds), shown by
+    the script as ``cells`` does (units.human, mirrored in the page). Columns, not rows: a
+    list per column is ten times fewer objects to make and to write as JSON."""
+    rows = [entry.row for entry in entries]
+
+    def column(name: str) -> list:
+        return [getattr(row, name) for row in rows]
+
+    files = [entry.files for entry in entries]
+    return [column("uid"), column("project"), column("source"), column("cycle"),
+            column("qa2"), column("size_bytes"), column("site"), column("node_class"),
+            column("attempts"), column("wall_s"), column("cpu_s"), column("peak_rss"),
+            [_state(row) for row in rows], [row.why or None for row in rows],
+            [[row.fits, row.fits_bytes] if row.fits else None for row in rows],
+            [entry.ariqa.summary() if entry.ariqa else None for entry in entries],
+            [_link_list(f, links) if f is not None else None for f in files]]
+
+
+def _link_list(files: MousFiles, links) -> list | None:
+    found = _links(files, links)
+    return found[2] if isinstance(found, list) else None
 
 
 def _scales() -> dict:
@@ -135,7 +148,7 @@ def mous_table(entries: list[MousEntry], links, query: TableQuery, total: int,
     table = MousTable(table_id, title, columns, shown, query, total, client,
                       states=[s for s in STATES if s in present])
     if client:
-        table.data = _script_json({"rows": [raw_cells(e, links) for e in entries],
+        table.data = _script_json({"columns": raw_columns(entries, links),
                                    "per": query.per, "units": _scales()})
     return table
 

@@ -133,10 +133,8 @@ def ms_store_view(profiles: Mapping[str, SiteProfile | None]) -> dict[str, dict]
 def mous_entries(rows: list[mous_list.MousRow], profiles: Mapping[str, SiteProfile | None]
                  ) -> list[sections.MousEntry]:
     """Each row with what its work directory holds on this machine and its ARIQA table."""
-    here = {site for site, profile in profiles.items() if profile is not None}
-    files = {row.uid: workfiles.files_of(row.uid, workfiles.work_dir_name(profiles, row.site,
-                                                                          row.uid))
-             for row in rows if row.site in here}
+    places = workfiles.present(profiles, ((row.uid, row.site) for row in rows))
+    files = {uid: workfiles.files_of(uid, workdir) for uid, workdir in places.items()}
     tables = ariqa_results.read_all((uid, f.workdir) for uid, f in files.items()
                                     if f is not None)
     return [sections.MousEntry(row, files.get(row.uid), tables.get(row.uid)) for row in rows]
@@ -169,8 +167,7 @@ def ariqa_summary(store: CampaignStore, profiles: Mapping[str, SiteProfile | Non
     with store.engine.connect() as conn:
         ended = conn.execute(sa.select(mous.c.uid, mous.c.site).where(
             mous.c.state.in_(("done", "failed")), mous.c.site.in_(sorted(here)))).all()
-    tables = ariqa_results.read_all((uid, workfiles.work_dir_name(profiles, where, uid))
-                                    for uid, where in ended)
+    tables = ariqa_results.read_all(workfiles.present(profiles, ended).items())
     return ariqa_results.summarize(tables.values())
 
 

@@ -16,10 +16,11 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 from PIL import Image
 
+from arihpc.monitor import filecache
 from arihpc.mous import disk_name
 from arihpc.sites.profile import SiteProfile
 
@@ -43,6 +44,26 @@ def work_dir_name(profiles: Mapping[str, SiteProfile | None], site: str | None,
     profile = profiles.get(site) if site else None
     return os.path.join(profile.storage.work_dir, disk_name(uid)) if profile is not None \
         else None
+
+
+def present(profiles: Mapping[str, SiteProfile | None],
+            placed: Iterable[tuple[str, str | None]]) -> dict[str, str]:
+    """The work directory (a string) of each (uid, site) whose directory is on this machine:
+    each site's work-dir is listed once, not asked about every MOUS (a campaign of 100,000
+    has its files for a few here)."""
+    listed: dict[str, set[str]] = {}
+    found = {}
+    for uid, site in placed:
+        profile = profiles.get(site) if site else None
+        if profile is None:
+            continue
+        root = profile.storage.work_dir
+        if root not in listed:
+            listed[root] = set(_names(root))
+        name = disk_name(uid)
+        if name in listed[root]:
+            found[uid] = os.path.join(root, name)
+    return found
 
 
 @dataclass(frozen=True)
@@ -89,6 +110,7 @@ def files_of(uid: str, workdir: Path | str | None) -> MousFiles | None:
 
 
 THUMBNAIL_WIDTH = 200           # pixels
+THUMBNAIL_KIND = "thumbnail"     # its entries in the monitor's cache file
 
 
 def _small(png: Path, width: int = THUMBNAIL_WIDTH) -> bytes:
@@ -104,23 +126,30 @@ def _small(png: Path, width: int = THUMBNAIL_WIDTH) -> bytes:
 
 
 @functools.lru_cache(maxsize=2048)
-def _thumbnail(png: Path, _mtime_ns: int) -> bytes | None:
+def _thumbnail(png: str, key: filecache.Key) -> bytes | None:
+    cached = filecache.read(THUMBNAIL_KIND, {png: key}).get(png)
+    if cached is not None:
+        return cached
     try:
-        return _small(png)
+        small = _small(Path(png))
     except (OSError, ValueError) as exc:
         log.warning("no thumbnail of %s: %s", png, exc)
         return None
+    filecache.write(THUMBNAIL_KIND, {png: (key, small)})
+    return small
 
 
 def thumbnail(png: Path) -> bytes | None:
-    """The gallery's small copy of a preview PNG (cached while the PNG is unchanged); None
-    when it cannot be read. Pillow alone (matplotlib's own dependency): importing
-    arihpc.products.previews would bring matplotlib and WCSAxes, about 1 s."""
+    """The gallery's small copy of a preview PNG (cached in this process and in the
+    monitor's cache file while the PNG is unchanged); None when it cannot be read. Pillow
+    alone (matplotlib's own dependency): importing arihpc.products.previews would bring
+    matplotlib and WCSAxes, about 1 s."""
     try:
-        return _thumbnail(png, png.stat().st_mtime_ns)
+        stat = png.stat()
     except OSError as exc:
         log.warning("no thumbnail of %s: %s", png, exc)
         return None
+    return _thumbnail(str(png), (stat.st_mtime_ns, stat.st_size))
 
 
 class ReportLinks:
