@@ -41,7 +41,7 @@ from arihpc.mous import disk_name  # noqa: E402
 from arihpc.products import ariqa  # noqa: E402
 from arihpc.sites.profile import SiteProfile, load_profile  # noqa: E402
 from arihpc.store.campaign import CampaignStore  # noqa: E402
-from arihpc.store.schema import attempts, mous, stages  # noqa: E402
+from arihpc.store.schema import attempts, mous, refresh_totals, stages  # noqa: E402
 
 STAGES = ("fetch", "restore", "image", "export")
 STATES = {"done": 0.55, "new": 0.25, "failed": 0.05, "queued": 0.04, "waiting": 0.03,
@@ -101,6 +101,7 @@ def fill(store: CampaignStore, count: int, seed: int = 1) -> dict:
         conn.execute(mous.insert(), mous_rows)
         conn.execute(attempts.insert(), attempt_rows)
         conn.execute(stages.insert(), stage_rows)
+        refresh_totals(conn)        # rows written around the store: their MOUS's totals
         if conn.dialect.name == "postgresql":
             # the attempt ids above were explicit: the store's own inserts go on after them
             conn.exec_driver_sql("SELECT setval(pg_get_serial_sequence('attempts', 'id'), "

@@ -18,7 +18,7 @@ from chaos_faults import FAULTS, Chaos
 from arihpc.runner.workdir import LOCK_NAME, read_checkpoint
 from arihpc.sites.batch import parse_jobcomp
 from arihpc.sites.command import run_command
-from arihpc.store.schema import attempts, mous
+from arihpc.store.schema import TOTALS_COLUMNS, attempts, mous, refresh_totals
 
 # What names a stage process of the run (with DIR in its argv), or its guard.
 STAGE_MARKS = ("arihpc.runner.fetch", "arihpc.payloads.emulator", "runner/guard.py")
@@ -73,6 +73,31 @@ def overlapping_attempts(conn) -> list[str]:
         if before.uid == after.uid and (before.ended_at is None
                                         or after.started_at < before.ended_at - EPSILON_S):
             found.append(f"{before.uid}: attempts from {before.started_at:.1f} overlap")
+    return found
+
+
+def totals_differing(conn) -> list[str]:
+    """MOUS whose totals kept in their row (schema.TOTALS_COLUMNS, written with each attempt
+    and stage run under the faults) differ from those recomputed from the rows themselves."""
+    names = [name for name, _ in TOTALS_COLUMNS]
+
+    def kept() -> dict:
+        return {row[0]: row[1:] for row in conn.execute(
+            sa.select(mous.c.uid, *(mous.c[n] for n in names)))}
+    before = kept()
+    with conn.begin_nested() if conn.in_transaction() else conn.begin() as work:
+        refresh_totals(conn)
+        after = kept()
+        work.rollback()                 # a check: the store is left as the run left it
+    found = []
+    for uid, values in before.items():
+        attempts_kept, *rest = values
+        again, *rest_again = after[uid]
+        same = (attempts_kept or 0) == (again or 0) and all(
+            a == b or (isinstance(a, float) and b is not None and abs(a - b) < 1e-6 * max(1, b))
+            for a, b in zip(rest, rest_again))
+        if not same:
+            found.append(f"{uid}: kept {values}, from its rows {after[uid]}")
     return found
 
 
@@ -173,6 +198,7 @@ def check_campaign(url: str, folder: Path, uids: list[str], sites: tuple[str, ..
         still_open = conn.execute(sa.select(sa.func.count()).select_from(attempts).where(
             attempts.c.ended_at.is_(None))).scalar()
         overlaps = overlapping_attempts(conn)
+        wrong_totals = totals_differing(conn)
         per_site = site_figures(conn, runs, sites, jobs, site_of_job, ended - began)
     engine.dispose()
     faults = Counter(kind for _, kind, _ in chaos.done)
@@ -185,6 +211,7 @@ def check_campaign(url: str, folder: Path, uids: list[str], sites: tuple[str, ..
             _listed(run_twice(runs, folder / "work", sites)),
         "MOUS in two places at once (stage runs)": _listed(two_places(runs)),
         "MOUS in two places at once (store attempts)": _listed(overlaps),
+        "MOUS totals that differ from their attempts and stage runs": _listed(wrong_totals),
         "orphan processes left": _listed(orphans(folder, sites)),
         "batch jobs left": _listed(jobs_left(sites)),
         "lock files held by a live process": _listed(live_locks(folder / "work")),

@@ -182,3 +182,79 @@ def test_a_version_2_store_gains_the_attempts_peak_rss(store_url):
         assert conn.execute(sa.select(attempts.c.outcome, attempts.c.peak_rss)).one() == (
             "done", None)
     store.close()
+
+
+def stage_record(stage: str, start: float, wall: float, peak: int | None) -> dict:
+    return {"stage": stage, "start": start, "end": start + wall, "wall_s": wall,
+            "cpu_s": wall / 2, "peak_rss": peak, "outputs": {f"{stage}.fits": 10}}
+
+
+def totals(conn) -> dict:
+    """Each MOUS's totals as its row keeps them."""
+    from arihpc.store.schema import TOTALS_COLUMNS
+    names = [name for name, _ in TOTALS_COLUMNS]
+    return {row.uid: tuple(getattr(row, n) for n in names) for row in conn.execute(
+        sa.select(mous.c.uid, *(mous.c[n] for n in names)).order_by(mous.c.uid))}
+
+
+def test_the_store_keeps_each_mous_totals_as_it_writes_attempts_and_stages(store_url):
+    from arihpc.store.campaign import CampaignStore, Finish
+    from arihpc.store.schema import refresh_totals
+
+    store = CampaignStore.open(store_url)
+    uids = [f"uid://A001/X1/X{i}" for i in range(1, 4)]
+    store.import_catalogs([read(*[MousRecord(u) for u in uids])])
+    store.save_decisions([Verdict(u, True, 1, (), ()) for u in uids], {u: i for i, u in
+                                                                      enumerate(uids)})
+    # MOUS 1: fetch, then failed; the retry images and exports (its export is the second)
+    first, second = store.start_attempts([(uids[0], 4.0), (uids[1], 4.0)], "eso")
+    store.finish_attempts([
+        Finish(first, {"uid": uids[0], "status": "failed", "error_class": "tclean",
+                       "records": {"fetch": stage_record("fetch", 10, 5, 100)}}, "waiting"),
+        Finish(second, {"uid": uids[1], "status": "done", "records": {
+            "fetch": stage_record("fetch", 10, 7, None),
+            "export": stage_record("export", 20, 3, None)}}, "done")])
+    retry = store.start_attempt(uids[0], "eso", 8.0)
+    store.record_stages(retry, uids[0], {"image": stage_record("image", 30, 60, 900)})
+    store.finish_attempt(retry, {"uid": uids[0], "status": "done", "records": {
+        "image": stage_record("image", 30, 60, 900),              # recorded already: once
+        "export": stage_record("export", 95, 2, 50)}}, "done")
+    with store.engine.begin() as conn:
+        kept = totals(conn)
+        export_of_first = conn.execute(sa.select(stages.c.id).where(
+            stages.c.uid == uids[0], stages.c.stage == "export")).scalar_one()
+        assert kept[uids[0]] == (2, retry, 67.0, 33.5, 900, export_of_first)
+        assert kept[uids[1]][:4] == (1, second, 10.0, 5.0) and kept[uids[1]][4] is None
+        assert kept[uids[2]] == (None,) * 6                       # never tried
+        refresh_totals(conn)                                    # from the rows themselves
+        recomputed = totals(conn)
+    assert recomputed[uids[0]] == kept[uids[0]] and recomputed[uids[1]] == kept[uids[1]]
+    assert recomputed[uids[2]] == (0, None, None, None, None, None)
+    store.close()
+
+
+def test_a_version_3_store_gains_the_totals_of_its_mous(store_url):
+    from arihpc.store.schema import TOTALS_COLUMNS
+
+    engine = sa.create_engine(store_url)
+    old = sa.MetaData()
+    for table in (meta, mous, attempts, stages):
+        sa.Table(table.name, old, *[c._copy() for c in table.columns
+                                    if not (table is mous and c.name in dict(TOTALS_COLUMNS))])
+    old.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO arihpc_meta (key, value) VALUES ('schema_version', '3')"))
+        conn.execute(sa.text("INSERT INTO mous (uid, imported_at, state) "
+                             "VALUES ('uid://A001/X1/X1', 1.0, 'done')"))
+        for n in (1, 2):
+            conn.execute(sa.text("INSERT INTO attempts (id, uid, site, started_at, outcome) "
+                                 f"VALUES ({n}, 'uid://A001/X1/X1', 'eso', {n}.0, 'done')"))
+        for n, stage in enumerate(("fetch", "export", "export"), 1):
+            conn.execute(sa.text("INSERT INTO stages (id, attempt_id, uid, stage, started_at, "
+                                 f"wall_s, cpu_s, peak_rss) VALUES ({n}, 2, 'uid://A001/X1/X1', "
+                                 f"'{stage}', {n}.0, {n}.5, 1.0, {n * 100})"))
+    engine.dispose()
+    store = CatalogStore.open(store_url)
+    with store.engine.connect() as conn:
+        assert totals(conn)["uid://A001/X1/X1"] == (2, 2, 7.5, 3.0, 300, 3)
+    store.close()

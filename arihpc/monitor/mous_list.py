@@ -2,54 +2,28 @@
 
 One row per MOUS: catalogue (uid, project, source, cycle, QA2, raw size), where it ran (site,
 node class from its last attempt's worker), what it cost (attempts, stage run time, CPU, peak
-RSS, summed or maxed over its stage runs), its state with the deciding log line of its last
-attempt (``attempts.message``) or the reasons it was excluded, and its products (the FITS files
-its last export stage wrote). The live pages read one page of it: sort, filter and paging are
-done by SQL (``TableQuery``, from the page's query arguments), so a page costs about the same
-at 100,000 MOUS as at 10; the report reads it whole.
+RSS: the totals the store keeps in the MOUS's row, schema.TOTALS_COLUMNS), its state with the
+deciding log line of its last attempt (``attempts.message``) or the reasons it was excluded,
+and its products (the FITS files its last export stage wrote). The live pages read one page of
+it: sort, filter and paging are done by SQL (``TableQuery``, from the page's query
+arguments), so a page costs about the same at 100,000 MOUS as at 10; the report reads it whole.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
-from typing import Callable, Mapping, NamedTuple
+from typing import Mapping, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
-from sqlalchemy.sql import ColumnElement, Subquery
+from sqlalchemy.sql import ColumnElement
 
 from arihpc.monitor.tables import node_class_of
 from arihpc.mous import cycle_of
 from arihpc.store.schema import attempts, mous, stages
 
 PER_PAGE, MOST_PER_PAGE = 50, 500
-
-
-@dataclass(frozen=True)
-class Parts:
-    """Per-MOUS aggregates the rows and some sort keys need."""
-
-    tried: Subquery         # uid, attempts, last_id (its last attempt)
-    ran: Subquery           # uid, wall_s, cpu_s, peak_rss (over its stage runs), export_id
-                            # (its last export stage run)
-
-
-def _parts(uids: list[str] | None = None) -> Parts:
-    """The aggregates, over every MOUS or only ``uids`` (a page: a few rows, not the table);
-    one pass over each table."""
-    def only(column):
-        return (column.in_(uids),) if uids is not None else ()
-    tried = (sa.select(attempts.c.uid, sa.func.count().label("attempts"),
-                       sa.func.max(attempts.c.id).label("last_id"))
-             .where(*only(attempts.c.uid)).group_by(attempts.c.uid).subquery("tried"))
-    ran = (sa.select(stages.c.uid, sa.func.sum(stages.c.wall_s).label("wall_s"),
-                     sa.func.sum(stages.c.cpu_s).label("cpu_s"),
-                     sa.func.max(stages.c.peak_rss).label("peak_rss"),
-                     sa.func.max(sa.case((stages.c.stage == "export", stages.c.id)))
-                     .label("export_id"))
-           .where(*only(stages.c.uid)).group_by(stages.c.uid).subquery("ran"))
-    return Parts(tried, ran)
 
 
 # A MOUS's state as the table shows it: the ARI-L selection first, then the campaign's.
@@ -60,31 +34,30 @@ SHOWN_STATE = sa.case((mous.c.selected.is_(None), "undecided"),
 @dataclass(frozen=True)
 class Column:
     """A column of the table: its key (the ``sort`` query argument), its heading, and its SQL
-    sort key (None: not sortable by the store, only within the page shown), which may need
-    the per-MOUS aggregates (``aggregate``)."""
+    sort key (None: not sortable by the store, only within the page shown)."""
 
     key: str
     title: str
-    sort: Callable[[Parts], ColumnElement] | None = None
+    sort: ColumnElement | None = None
     numeric: bool = False
-    aggregate: bool = False
 
 
 COLUMNS: tuple[Column, ...] = (
-    Column("uid", "MOUS", lambda p: mous.c.uid),
-    Column("project", "project", lambda p: mous.c.project),
-    Column("source", "source", lambda p: mous.c.targets),
+    Column("uid", "MOUS", mous.c.uid),
+    Column("project", "project", mous.c.project),
+    Column("source", "source", mous.c.targets),
     # the cycle follows the project code's year, so its order is the code's
-    Column("cycle", "cycle", lambda p: mous.c.project, numeric=True),
-    Column("qa2", "QA2", lambda p: mous.c.qa2),
-    Column("size", "raw size", lambda p: mous.c.size_bytes, numeric=True),
-    Column("site", "site", lambda p: mous.c.site),
+    Column("cycle", "cycle", mous.c.project, numeric=True),
+    Column("qa2", "QA2", mous.c.qa2),
+    Column("size", "raw size", mous.c.size_bytes, numeric=True),
+    Column("site", "site", mous.c.site),
     Column("node_class", "node class"),
-    Column("attempts", "attempts", lambda p: p.tried.c.attempts, numeric=True, aggregate=True),
-    Column("run_time", "run time", lambda p: p.ran.c.wall_s, numeric=True, aggregate=True),
-    Column("cpu", "CPU", lambda p: p.ran.c.cpu_s, numeric=True, aggregate=True),
-    Column("peak_rss", "peak RSS", lambda p: p.ran.c.peak_rss, numeric=True, aggregate=True),
-    Column("state", "state", lambda p: SHOWN_STATE),
+    # the MOUS's totals, kept in its row by the store (schema.TOTALS_COLUMNS)
+    Column("attempts", "attempts", sa.func.coalesce(mous.c.attempt_count, 0), numeric=True),
+    Column("run_time", "run time", mous.c.stage_wall_s, numeric=True),
+    Column("cpu", "CPU", mous.c.stage_cpu_s, numeric=True),
+    Column("peak_rss", "peak RSS", mous.c.stage_peak_rss, numeric=True),
+    Column("state", "state", SHOWN_STATE),
     Column("why", "deciding log line / reasons"),
     Column("products", "products", numeric=True),
     Column("ariqa", "ARIQA"),
@@ -114,7 +87,7 @@ class TableQuery:
         unknown or out of range is the default."""
         sort = arguments.get("sort", "")
         column = BY_KEY.get(sort)
-        return cls(sort=sort if column is not None and column.sort else "",
+        return cls(sort=sort if column is not None and column.sort is not None else "",
                    order="desc" if arguments.get("order") == "desc" else "asc",
                    text=arguments.get("q", "").strip()[:100],
                    state=arguments.get("state", "").strip()[:20], site=site,
@@ -161,15 +134,11 @@ def page_uids(conn: Connection, query: TableQuery) -> tuple[list[str], int]:
     total = conn.execute(sa.select(sa.func.count()).select_from(mous).where(*where)
                          ).scalar_one()
     column = BY_KEY.get(query.sort)
-    order, source = CLAIM_ORDER, mous
+    order = CLAIM_ORDER
     if column is not None and column.sort is not None:
-        parts = _parts()
-        key = column.sort(parts)
+        key = column.sort
         order = (key.is_(None), key.desc() if query.order == "desc" else key, mous.c.uid)
-        if column.aggregate:
-            source = mous.outerjoin(parts.tried, parts.tried.c.uid == mous.c.uid) \
-                .outerjoin(parts.ran, parts.ran.c.uid == mous.c.uid)
-    rows = conn.execute(sa.select(mous.c.uid).select_from(source).where(*where)
+    rows = conn.execute(sa.select(mous.c.uid).where(*where)
                         .order_by(*order).limit(query.per)
                         .offset((query.page - 1) * query.per)).all()
     return [r[0] for r in rows], total
@@ -228,17 +197,14 @@ def _rows(found: list, cycles: dict) -> list[MousRow]:
 
 def read_rows(conn: Connection, uids: list[str] | None = None) -> list[MousRow]:
     """The rows of these MOUS (in this order), or of every MOUS in claim order."""
-    parts = _parts(uids)
     last, export = attempts.alias("last"), stages.alias("export")
     query = (sa.select(mous.c.uid, mous.c.project, mous.c.targets, mous.c.qa2,
                        mous.c.size_bytes, mous.c.site, mous.c.error_class, mous.c.reasons,
-                       SHOWN_STATE.label("shown_state"), parts.tried.c.attempts,
-                       parts.ran.c.wall_s, parts.ran.c.cpu_s, parts.ran.c.peak_rss,
+                       SHOWN_STATE.label("shown_state"), mous.c.attempt_count,
+                       mous.c.stage_wall_s, mous.c.stage_cpu_s, mous.c.stage_peak_rss,
                        last.c.worker, last.c.message, export.c.outputs)
-             .select_from(mous.outerjoin(parts.tried, parts.tried.c.uid == mous.c.uid)
-                          .outerjoin(parts.ran, parts.ran.c.uid == mous.c.uid)
-                          .outerjoin(last, last.c.id == parts.tried.c.last_id)
-                          .outerjoin(export, export.c.id == parts.ran.c.export_id))
+             .select_from(mous.outerjoin(last, last.c.id == mous.c.last_attempt_id)
+                          .outerjoin(export, export.c.id == mous.c.export_stage_id))
              .order_by(*CLAIM_ORDER))
     if uids is not None:
         query = query.where(mous.c.uid.in_(uids))

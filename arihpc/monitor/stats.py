@@ -65,11 +65,10 @@ class CampaignNumbers:
         size, when the caller has read them already (the report's MOUS table has)."""
         self.states = StateCounts(conn)
         rows = runs if runs is not None else conn.execute(
-            sa.select(mous.c.site, mous.c.size_bytes, sa.func.sum(stages.c.wall_s),
-                      sa.func.max(stages.c.peak_rss))
-            .join(stages, stages.c.uid == mous.c.uid)
-            .where(mous.c.state == "done", mous.c.size_bytes.is_not(None))
-            .group_by(mous.c.uid, mous.c.site, mous.c.size_bytes)).all()
+            sa.select(mous.c.site, mous.c.size_bytes, mous.c.stage_wall_s,
+                      mous.c.stage_peak_rss)
+            .where(mous.c.state == "done", mous.c.size_bytes.is_not(None),
+                   mous.c.stage_wall_s.is_not(None))).all()
         self.run_sites = np.array([r[0] or "" for r in rows], dtype=object)
         self.run_values = np.array([[r[1] or 0, r[2] or 0, r[3] or 0] for r in rows],
                                    dtype=float).reshape(-1, 3)

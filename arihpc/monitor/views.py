@@ -46,7 +46,7 @@ def read_numbers(store: CampaignStore, rows: list[mous_list.MousRow] | None = No
     runs done taken from the MOUS table's ``rows`` when given (every MOUS)."""
     runs = None if rows is None else [
         (r.site, r.size_bytes, r.wall_s, r.peak_rss) for r in rows
-        if r.state == "done" and r.size_bytes is not None]
+        if r.state == "done" and r.size_bytes is not None and r.wall_s is not None]
     with store.engine.connect() as conn:
         return stats.CampaignNumbers(conn, runs)
 

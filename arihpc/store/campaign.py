@@ -46,8 +46,6 @@ _CLAIM = (mous.update().where(mous.c.uid.in_(sa.bindparam("b_uids", expanding=Tr
           .returning(mous.c.uid))
 _ATTEMPTS = sa.select(attempts.c.uid, sa.func.count()).where(
     attempts.c.uid.in_(sa.bindparam("b_uids", expanding=True))).group_by(attempts.c.uid)
-_SET_STATE = mous.update().where(mous.c.uid == sa.bindparam("b_uid")).values(
-    state=sa.bindparam("b_state"), updated_at=sa.bindparam("b_now"))
 _COMPUTING = mous.update().where(mous.c.uid.in_(sa.bindparam("b_uids", expanding=True)),
                                  mous.c.state == "staging").values(
     state="running", updated_at=sa.bindparam("b_now"))
@@ -65,6 +63,37 @@ _SETTLE = mous.update().where(mous.c.uid == sa.bindparam("b_uid")).values(
 _STAGES_KNOWN = sa.select(stages.c.uid, stages.c.stage, stages.c.started_at).where(
     stages.c.uid.in_(sa.bindparam("b_uids", expanding=True)))
 _NEW_ATTEMPTS = attempts.insert().returning(attempts.c.id, sort_by_parameter_order=True)
+_OPENED = mous.update().where(mous.c.uid == sa.bindparam("b_uid")).values(
+    state=sa.bindparam("b_state"), updated_at=sa.bindparam("b_now"),
+    attempt_count=sa.func.coalesce(mous.c.attempt_count, 0) + 1,
+    last_attempt_id=sa.bindparam("b_attempt"))
+_NEW_STAGES = stages.insert().returning(stages.c.id, sort_by_parameter_order=True)
+_ADD_STAGES = mous.update().where(mous.c.uid == sa.bindparam("b_uid")).values(
+    stage_wall_s=sa.func.coalesce(mous.c.stage_wall_s, 0) + sa.bindparam("b_wall_s"),
+    stage_cpu_s=sa.func.coalesce(mous.c.stage_cpu_s, 0) + sa.bindparam("b_cpu_s"),
+    # the larger of the two; a NULL (no peak measured) is neither
+    stage_peak_rss=sa.case((mous.c.stage_peak_rss >= sa.bindparam("b_peak_rss"),
+                            mous.c.stage_peak_rss),
+                           else_=sa.func.coalesce(sa.bindparam("b_peak_rss", type_=sa.BigInteger),
+                                                  mous.c.stage_peak_rss)),
+    export_stage_id=sa.func.coalesce(sa.bindparam("b_export_id", type_=sa.Integer),
+                                     mous.c.export_stage_id))
+
+
+def _added_totals(rows: list[dict], ids) -> list[dict]:
+    """What new stage runs (``rows``, stored with ``ids``) add to their MOUS's totals."""
+    added: dict[str, dict] = {}
+    for row, number in zip(rows, ids):
+        total = added.setdefault(row["uid"], {"b_uid": row["uid"], "b_wall_s": 0.0,
+                                              "b_cpu_s": 0.0, "b_peak_rss": None,
+                                              "b_export_id": None})
+        total["b_wall_s"] += row["wall_s"] or 0.0
+        total["b_cpu_s"] += row["cpu_s"] or 0.0
+        if row["peak_rss"] is not None:
+            total["b_peak_rss"] = max(total["b_peak_rss"] or 0, row["peak_rss"])
+        if row["stage"] == "export":
+            total["b_export_id"] = max(number, total["b_export_id"] or 0)
+    return list(added.values())
 
 
 @dataclass(frozen=True)
@@ -137,8 +166,9 @@ class CampaignStore(CatalogStore):
             numbers = list(conn.execute(_NEW_ATTEMPTS, [
                 {"uid": uid, "site": site, "started_at": now, "memory_gb": memory_gb}
                 for uid, memory_gb in starts]).scalars())
-            conn.execute(_SET_STATE, [{"b_uid": uid, "b_state": state, "b_now": now}
-                                      for uid, _ in starts])
+            conn.execute(_OPENED, [{"b_uid": uid, "b_state": state, "b_now": now,
+                                    "b_attempt": number}
+                                   for (uid, _), number in zip(starts, numbers)])
         return numbers
 
     def computing(self, uids: list[str]) -> None:
@@ -199,7 +229,8 @@ class CampaignStore(CatalogStore):
                              "peak_rss": record["peak_rss"],
                              "outputs": json.dumps(record["outputs"]), "status": "done"})
         if rows:
-            conn.execute(stages.insert(), rows)
+            ids = conn.execute(_NEW_STAGES, rows).scalars()
+            conn.execute(_ADD_STAGES, _added_totals(rows, ids))
 
     def failures_of_class(self, uid: str, error_class: str) -> int:
         with self._connect() as conn:

@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 from arihpc import config
 from arihpc.errors import StoreError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 metadata = sa.MetaData()
 
@@ -37,9 +37,22 @@ CAMPAIGN_COLUMNS = (
     ("not_before", sa.Float),           # a retry waits until then
     ("updated_at", sa.Float),
 )
+# Each MOUS's totals of its attempts and stage runs (schema version 4), kept by the store in
+# the transaction that writes those: the MOUS table, its sort by run time and the figures
+# read them from the MOUS's row, not by grouping every attempt and stage run (at 100,000 MOUS
+# the grouping was half of a report's reading). ``refresh_totals`` recomputes them.
+TOTALS_COLUMNS = (
+    ("attempt_count", sa.Integer),      # attempts started (NULL: none)
+    ("last_attempt_id", sa.Integer),    # its latest attempt
+    ("stage_wall_s", sa.Float),         # run time of its stage runs, summed
+    ("stage_cpu_s", sa.Float),          # their CPU time, summed
+    ("stage_peak_rss", sa.BigInteger),  # the largest peak RSS of them
+    ("export_stage_id", sa.Integer),    # its latest export stage run (its FITS products)
+)
 # version -> (table, column, type) it added (older stores are upgraded in place, data kept)
 MIGRATIONS = {2: [("mous", *column) for column in CAMPAIGN_COLUMNS],
-              3: [("attempts", "peak_rss", sa.BigInteger)]}
+              3: [("attempts", "peak_rss", sa.BigInteger)],
+              4: [("mous", *column) for column in TOTALS_COLUMNS]}
 
 meta = sa.Table(
     "arihpc_meta", metadata,
@@ -74,6 +87,8 @@ mous = sa.Table(
     # campaign progress: written by the orchestrator only
     sa.Column("state", sa.String(16), nullable=False, server_default="new"),
     *[sa.Column(*args) for args in CAMPAIGN_COLUMNS],
+    # its totals: written by the orchestrator's writes of attempts and stage runs only
+    *[sa.Column(*args) for args in TOTALS_COLUMNS],
 )
 
 attempts = sa.Table(
@@ -246,6 +261,8 @@ class Store:
                 ddl = sa.types.to_instance(kind).compile(dialect=conn.dialect)
                 conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN "
                                      f"{preparer.quote(name)} {ddl}")
+        if found < 4:
+            refresh_totals(conn)
         conn.execute(meta.update().where(meta.c.key == "schema_version").values(
             value=str(SCHEMA_VERSION)))
 
@@ -274,3 +291,20 @@ class Store:
             query = query.where(events.c.kind == kind)
         with self.engine.connect() as conn:
             return [{**row._mapping, "data": json.loads(row.data)} for row in conn.execute(query)]
+
+
+def _of_mous(table: sa.Table, value, *where) -> sa.ScalarSelect:
+    return sa.select(value).where(table.c.uid == mous.c.uid, *where).scalar_subquery()
+
+
+def refresh_totals(conn: Connection, uids: list[str] | None = None) -> None:
+    """Recompute the totals (``TOTALS_COLUMNS``) of these MOUS, or of every MOUS, from their
+    attempts and stage runs: after an upgrade, or rows written around the store."""
+    update = mous.update().values(
+        attempt_count=_of_mous(attempts, sa.func.count()),
+        last_attempt_id=_of_mous(attempts, sa.func.max(attempts.c.id)),
+        stage_wall_s=_of_mous(stages, sa.func.sum(stages.c.wall_s)),
+        stage_cpu_s=_of_mous(stages, sa.func.sum(stages.c.cpu_s)),
+        stage_peak_rss=_of_mous(stages, sa.func.max(stages.c.peak_rss)),
+        export_stage_id=_of_mous(stages, sa.func.max(stages.c.id), stages.c.stage == "export"))
+    conn.execute(update if uids is None else update.where(mous.c.uid.in_(uids)))
