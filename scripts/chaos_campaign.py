@@ -17,10 +17,10 @@ purpose in each failure class: ``--fail-share``), fetched over HTTP from an arch
 127.0.0.1, by one ``arihpc run`` per site: ci-slurm (sbatch), ci-torque and ci-pbspro (the
 qsub wrappers), each with 1-minute jobs so that many MOUS yield or are cut and resume. The
 faults (scripts/chaos_faults.py), at random times drawn from the seed, every kind in turn:
-kill -9 of an orchestrator (started again), SIGKILL of a worker, scancel of a running job,
-the archive server down for seconds, a stage growing past its memory, the work filesystem
-full, PostgreSQL restarted. At the end the invariants are checked from the store, the
-checkpoints, the lock files, the process table and the batch queue
+kill -9 of an orchestrator (started again), SIGKILL of a worker (or of its xvfb-run), scancel
+of a running job, the archive server down for seconds, a stage growing past its memory, the
+work filesystem full, PostgreSQL restarted. At the end the invariants are checked from the
+store, the checkpoints, the lock files, the process table and the batch queue
 (scripts/chaos_checks.py) and printed as one table. Exit status 1 if one does not hold.
 """
 

@@ -4,8 +4,9 @@ ARIQA section against the qa/ariqa.ecsv files, the gallery; then in headless Chr
 sorting by run time, the thumbnails loading, and no axis or table showing a value below 0.01
 of its unit.
 
-The demo runs once per test session (about five minutes on 2 cores: ``casa_demo``, which other
-modules may share; $ARIHPC_TEST_CASA_DEMO may name a finished one instead, to develop against).
+The demo runs once per test session (about five minutes on 2 cores: ``casa_demo``, which
+test_demo.py and test_dashboard_browser.py share; $ARIHPC_TEST_CASA_DEMO may name a finished one
+instead, to develop against).
 The screenshot of the report is kept in the session's pytest folder,
 ``<basetemp>/screenshots/report.png`` (pytest keeps the last three sessions' folders).
 """
@@ -28,6 +29,7 @@ from arihpc.mous import disk_name
 pytestmark = pytest.mark.casa
 
 _DEMO: dict[str, Path] = {}         # the finished demo of this session and its report
+_OUTPUT: dict[str, str] = {}        # what the demo printed
 DEMO_DIR = "ARIHPC_TEST_CASA_DEMO"  # a finished CASA demo to use instead (while developing)
 
 
@@ -42,7 +44,14 @@ def casa_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
                               text=True, timeout=1200, env=_without_store())
         assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
         _DEMO["dir"] = directory
+        _OUTPUT["demo"] = "" if os.environ.get(DEMO_DIR) else made.stdout
     return _DEMO["dir"]
+
+
+def casa_demo_output() -> str:
+    """What the session's ``arihpc demo`` printed (empty: a demo given by
+    $ARIHPC_TEST_CASA_DEMO, whose output is not kept); after ``casa_demo``."""
+    return _OUTPUT["demo"]
 
 
 def demo_report(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -20,8 +20,9 @@ from typing import Iterable, Mapping
 
 from PIL import Image
 
+from arihpc.errors import InvalidUid
 from arihpc.monitor import filecache
-from arihpc.mous import disk_name
+from arihpc.mous import disk_name, parse_uid
 from arihpc.sites.profile import SiteProfile
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def present(profiles: Mapping[str, SiteProfile | None],
     """The work directory (a string) of each (uid, site) whose directory is on this machine:
     each site's work-dir is listed once, not asked about every MOUS (a campaign of 100,000
     has its files for a few here)."""
-    listed: dict[str, set[str]] = {}
+    listed: dict[str, dict[str, str]] = {}          # work-dir -> uid -> its directory
     found = {}
     for uid, site in placed:
         profile = profiles.get(site) if site else None
@@ -59,10 +60,20 @@ def present(profiles: Mapping[str, SiteProfile | None],
             continue
         root = profile.storage.work_dir
         if root not in listed:
-            listed[root] = set(_names(root))
-        name = disk_name(uid)
-        if name in listed[root]:
-            found[uid] = os.path.join(root, name)
+            listed[root] = _work_dirs(root)
+        if uid in listed[root]:
+            found[uid] = listed[root][uid]
+    return found
+
+
+def _work_dirs(root: str) -> dict[str, str]:
+    """The MOUS directories in a work-dir by uid (canonical, as the store keeps them)."""
+    found = {}
+    for name in _names(root):
+        try:
+            found[parse_uid(name)] = os.path.join(root, name)
+        except InvalidUid:
+            continue                        # batch-logs, a campaign's own files
     return found
 
 
