@@ -182,6 +182,7 @@ def _rows(found: list, cycles: dict) -> list[MousRow]:
     """MousRow of each result row (plain tuple unpacking: 100,000 of them in the report)."""
     classes: dict[tuple, str | None] = {}
     rows = []
+    new = tuple.__new__             # MousRow's own __new__ is a Python function: skipped
     for (uid, project, targets, qa2, size, site, error_class, reasons, state, tried, wall,
          cpu, peak, worker, message, outputs) in found:
         why = (", ".join((reasons or "").split()) if state == "excluded"
@@ -189,9 +190,10 @@ def _rows(found: list, cycles: dict) -> list[MousRow]:
         key = (site, worker)
         if key not in classes:
             classes[key] = node_class_of(site, worker)
-        rows.append(MousRow(uid, project, targets, cycles.get(project), qa2, size, site,
-                            classes[key], int(tried or 0), wall, cpu, peak,
-                            str(state), error_class, why, *_products(outputs)))
+        fits, fits_bytes = _products(outputs) if outputs else (0, 0)
+        rows.append(new(MousRow, (uid, project, targets, cycles.get(project), qa2, size, site,
+                                  classes[key], tried or 0, wall, cpu, peak, state,
+                                  error_class, why, fits, fits_bytes)))
     return rows
 
 

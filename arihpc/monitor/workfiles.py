@@ -58,7 +58,7 @@ def present(profiles: Mapping[str, SiteProfile | None],
         profile = profiles.get(site) if site else None
         if profile is None:
             continue
-        root = profile.storage.work_dir
+        root = os.path.abspath(profile.storage.work_dir)
         if root not in listed:
             listed[root] = _work_dirs(root)
         if uid in listed[root]:
@@ -163,17 +163,23 @@ def thumbnail(png: Path) -> bytes | None:
     return _thumbnail(str(png), (stat.st_mtime_ns, stat.st_size))
 
 
+def _uri(path: Path) -> str:
+    # absolute() is enough for a file:// link and, unlike resolve(), asks the filesystem
+    # nothing: a report links into a thousand work directories
+    return path.absolute().as_uri()
+
+
 class ReportLinks:
     """Links of a report file: file:// URIs into the work directories; thumbnails inline."""
 
     def weblog(self, files: MousFiles) -> str | None:
-        return files.weblog.resolve().as_uri() if files.weblog else None
+        return _uri(files.weblog) if files.weblog else None
 
     def products(self, files: MousFiles) -> str | None:
-        return files.products.resolve().as_uri() + "/" if files.products else None
+        return _uri(files.products) + "/" if files.products else None
 
     def preview(self, files: MousFiles) -> str | None:
-        return files.preview.resolve().as_uri() if files.preview else None
+        return _uri(files.preview) if files.preview else None
 
     def thumbnail(self, files: MousFiles) -> str | None:
         small = thumbnail(files.preview) if files.preview else None
