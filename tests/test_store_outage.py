@@ -7,6 +7,7 @@ MOUS claimed and not released, run no stage twice and lose nothing.
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -123,3 +124,56 @@ def test_postgresql_restarted_twice_under_a_running_orchestrator_loses_nothing(
             log = (tmp_path / "work" / disk_name(uid) / "log" / f"{stage}.log").read_text()
             assert log.count(f"stage {stage} done") == 1        # completed exactly once
     assert not list((tmp_path / "work").glob("*/arihpc.lock"))     # no runner left holding one
+
+
+def site_profile(tmp_path: Path) -> Path:
+    site = tmp_path / "site.yaml"
+    site.write_text("batch-system: local\nmax-jobs: 1\nx11: false\n"
+                    "node-classes:\n  one: {cores: 2, memory: 2GB}\n"
+                    f"storage: {{kind: local, work-dir: {tmp_path}/work, scratch: /tmp}}\n"
+                    "casa: {imaging: '6.7.0.31', installations: {'6.7.0.31': pypi}}\n")
+    return site
+
+
+@pytest.mark.postgres
+@pytest.mark.pg_restart
+def test_a_run_started_while_postgresql_restarts_waits_for_it_then_runs(postgres_url, tmp_path):
+    """Found by the chaos campaign (seed 4): a restart in an orchestrator's first seconds
+    ended it with a traceback (its site-start event was not ridden out)."""
+    uids = select(postgres_url, tmp_path, 3)
+    (tmp_path / "c.yaml").write_text(CONFIG)
+    server = PostgresServer.from_env()
+    restart = threading.Thread(target=server.restart, kwargs={"down_s": 6.0})
+    restart.start()
+    time.sleep(2.0)                                 # stopped: connections refused
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "arihpc.cli", "--store", postgres_url, "--config",
+             str(tmp_path / "c.yaml"), "run", "--site", str(site_profile(tmp_path)),
+             "--payload", "emulator"], capture_output=True, text=True, cwd=tmp_path,
+            timeout=300)
+    finally:
+        restart.join()
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "store unavailable (opening the store)" in result.stderr, result.stderr[-3000:]
+    assert "3 done, 0 failed" in result.stdout
+    store = CampaignStore.open(postgres_url)
+    assert store.status()["states"] == {"done": 3}
+    with store.engine.connect() as conn:
+        assert sorted(conn.execute(sa.select(stages.c.uid, stages.c.stage)).all()) == sorted(
+            (u, s) for u in uids for s in STAGES)
+    store.close()
+
+
+def test_a_store_that_never_answers_ends_the_run_with_the_drivers_words(tmp_path):
+    (tmp_path / "c.yaml").write_text("arihpc:\n  store-open-wait-s: 2\n")
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "arihpc.cli", "--store",
+         "postgresql+psycopg://arihpc@127.0.0.1:9/none", "--config", str(tmp_path / "c.yaml"),
+         "run", "--site", str(site_profile(tmp_path)), "--payload", "emulator"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode != 0 and time.monotonic() - started < 60
+    assert "(opening the store; store-open-wait-s is 2)" in result.stderr, result.stderr
+    assert "Connection refused" in result.stderr or "connection failed" in result.stderr
+    assert "Traceback" not in result.stderr

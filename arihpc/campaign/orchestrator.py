@@ -85,11 +85,12 @@ class Orchestrator(OutcomeRecorder):
     def run(self, stop: threading.Event) -> Tally:
         """Work until nothing is left to claim and nothing runs, or ``stop`` is set."""
         # Where the dashboards find this site's scheduler (arihpc/monitor/live.py).
-        self.store.log_event("site-start", site=self.profile.name, owner=self.owner,
-                             scheduler=self.cluster.cluster.scheduler_address,
-                             dashboard=self.cluster.cluster.dashboard_link,
-                             profile=str(Path(self.profile.path).resolve())
-                             if self.profile.path else None)
+        ride_out(lambda: self.store.log_event(
+            "site-start", site=self.profile.name, owner=self.owner,
+            scheduler=self.cluster.cluster.scheduler_address,
+            dashboard=self.cluster.cluster.dashboard_link,
+            profile=str(Path(self.profile.path).resolve()) if self.profile.path else None),
+            "logging the start")
         self.news.watch()
         try:
             return self._run(stop)

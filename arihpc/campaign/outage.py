@@ -32,25 +32,27 @@ def outage_message(error: sa.exc.DBAPIError) -> str:
     return " ".join(str(error.orig or error).split())[:300]
 
 
-def ride_out(work: Callable[[], T], what: str, after_outage: Callable[[], None] = lambda: None
-             ) -> T:
+def ride_out(work: Callable[[], T], what: str, after_outage: Callable[[], None] = lambda: None,
+             limit_key: str = "store-wait-s") -> T:
     """``work()``, tried again (waits doubling up to 10 s) while the store is unavailable, for
-    at most ``store-wait-s`` seconds; then StoreError. ``after_outage`` runs once the store
-    answers again, before ``work`` is retried."""
-    limit = float(config.get("store-wait-s"))
+    at most ``limit_key`` (a config key) seconds; then StoreError. ``after_outage`` runs once
+    the store answers again, before ``work`` is retried."""
+    limit = float(config.get(limit_key))
     began, wait, outage = time.monotonic(), FIRST_WAIT_S, False
     while True:
         try:
             if outage:
                 after_outage()
             return work()
-        except sa.exc.DBAPIError as error:
+        except (sa.exc.DBAPIError, StoreError) as raised:
+            # opening a store wraps the driver's error in a StoreError
+            error = raised if isinstance(raised, sa.exc.DBAPIError) else raised.__cause__
             if not unavailable(error):
                 raise
             down = time.monotonic() - began
             if down > limit:
                 raise StoreError(
-                    f"the store did not answer for {down:.0f} s ({what}; store-wait-s is "
+                    f"the store did not answer for {down:.0f} s ({what}; {limit_key} is "
                     f"{limit:g}): {outage_message(error)}. The next `arihpc run` of this site "
                     f"gives its claimed MOUS back and resumes them") from error
             log.warning("store unavailable (%s): %s; trying again in %.1f s", what,

@@ -11,6 +11,7 @@ import sys
 
 import click
 
+from arihpc.campaign.outage import ride_out
 from arihpc.cli.common import campaign_store, emit, output_option, quiet_dask, stop_on_signals
 from arihpc.mous import parse_uid
 from arihpc.sites import profile
@@ -51,14 +52,15 @@ def run_command(ctx: click.Context, site: str, max_jobs: int | None, limit: int 
     site_profile = profile.load_profile(site)
     if max_jobs:
         site_profile = dataclasses.replace(site_profile, max_jobs=max_jobs)
-    store = campaign_store(ctx)
+    store = ride_out(lambda: campaign_store(ctx), "opening the store",
+                     limit_key="store-open-wait-s")
     stop = stop_on_signals()
     tally = run_site(store, site_profile, payload or site_profile.payload,
                      campaign_options(site_profile, json.loads(payload_options)), limit, stop,
                      progress(store))
     click.echo(f"{site}: {tally.done} done, {tally.failed} failed, {tally.retried} to retry, "
                f"{tally.resumed} resumed after a walltime or yield, {tally.recovered} recovered; "
-               f"{store.remaining()} MOUS left in the campaign"
+               f"{ride_out(store.remaining, 'counting what is left')} MOUS left in the campaign"
                + (" (stopped)" if stop.is_set() else ""))
 
 
@@ -78,7 +80,8 @@ def progress(store, width: int = 24):
         line = (f"done {tally.done}  failed {tally.failed}  retrying {tally.retried}  "
                 f"resumed {tally.resumed}")
         if sys.stderr.isatty():
-            left = store.remaining() if tally.left is None else tally.left
+            left = ride_out(store.remaining, "counting what is left") if tally.left is None \
+                else tally.left
             total = tally.done + tally.failed + left
             filled = round(width * (tally.done + tally.failed) / total) if total else width
             eta = (f"  ETA {duration(tally.eta_s)} ({tally.eta_basis})"
