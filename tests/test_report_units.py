@@ -122,3 +122,42 @@ def test_the_reference_bands_say_where_they_come_from():
     assert bands["dynamic_range"].low == pytest.approx(-0.3 / 2.3)
     assert bands["flux"].low is None and bands["flux"].high is None
     assert list(bands["peak"].holds(np.array([-0.2, 0.0, 0.15]))) == [False, True, True]
+
+
+def test_the_campaign_figures_draw_each_site_in_its_colour():
+    from bokeh.models import GlyphRenderer
+
+    from arihpc.monitor import figures
+
+    def view(sizes_gb, hours, classes, ends):
+        return {"progress": {"selected": len(sizes_gb) + 1, "done": len(sizes_gb), "queued": 1,
+                             "staging": 0, "running": 0, "failed": 0, "cancelled": 0},
+                "runs": {"size_gb": sizes_gb, "hours": hours, "peak_gb": [1.0] * len(hours)},
+                "cut_peaks_gb": [], "failure_classes": classes,
+                "throughput": {"bin_s": 3600, "start": ends, "done": [1] * len(ends),
+                               "total": list(range(1, len(ends) + 1))},
+                "expected_end": {"model": {"intercept": 0.0, "slope": 1.0, "points": 3},
+                                 "left": 1, "model_end": None, "pace_end": None}}
+    eso = view([1.0, 2.0], [1.0, 2.0], {"oom": 2, "tclean": 1}, [0.0, 3600.0])
+    mup = view([5.0], [4.0], {"oom": 1}, [7200.0])
+    idle = {**view([], [], {}, []), "progress": {**eso["progress"], "selected": 0}}
+    campaign = view([1.0, 2.0, 5.0], [1.0, 2.0, 4.0], {"oom": 3, "tclean": 1},
+                    [0.0, 3600.0, 7200.0])
+    drawn = figures.campaign_figures(campaign, {"eso": eso, "mup": mup, "idle": idle})
+    colours = figures.site_colours(["eso", "mup"])
+
+    def labels(plot) -> list[str]:
+        return [item.label.value for item in plot.legend[0].items]
+    assert labels(drawn["runtime"])[:2] == ["eso (2)", "mup (1)"]     # no MOUS at idle
+    scatters = [r for r in drawn["runtime"].renderers if isinstance(r, GlyphRenderer)
+                and r.glyph.__class__.__name__ == "Scatter"]
+    assert [r.glyph.fill_color for r in scatters] == [colours["eso"], colours["mup"]]
+    assert [len(r.data_source.data["x"]) for r in scatters] == [2, 1]
+    stacked = drawn["failures"].renderers
+    assert [r.glyph.fill_color for r in stacked] == [colours["eso"], colours["mup"]]
+    assert dict(zip(stacked[0].data_source.data["class"], stacked[0].data_source.data["eso"])
+                ) == {"oom": 2, "tclean": 1}
+    assert "done at eso" in labels(drawn["throughput"]) and "done at mup" in labels(
+        drawn["throughput"])
+    alone = figures.campaign_figures(campaign, {"eso": eso})
+    assert not any(label.startswith("done at") for label in labels(alone["throughput"]))

@@ -264,7 +264,9 @@ def campaign_figures(view: dict, by_site: dict[str, dict] | None = None) -> dict
         "memory": peak_memory(view["runs"]["peak_gb"], view["cut_peaks_gb"]),
         "failures": failure_classes(view["failure_classes"], {
             name: site["failure_classes"] for name, site in sites.items()}),
+        # one site's own total would be the campaign's line drawn over again
         "throughput": throughput(view["throughput"], view["expected_end"],
                                  view["progress"]["selected"],
-                                 {name: site["throughput"] for name, site in sites.items()}),
+                                 {name: site["throughput"] for name, site in sites.items()}
+                                 if len(sites) > 1 else None),
     }
